@@ -1,0 +1,48 @@
+"""SHA-256 of backup files and their sidecars (`<name>.sha256`, in `sha256sum` format so `sha256sum -c` works)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from .names import CHECKSUM_SUFFIX
+
+CHUNK = 1024 * 1024
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_sidecar(path: Path, digest: str) -> Path:
+    """Write `<digest>  <name>\\n` next to `path`, atomically (temp file + rename)."""
+    side = sidecar_path(path)
+    tmp = side.with_name(f".{side.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="ascii") as f:
+        f.write(f"{digest}  {path.name}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, side)
+    return side
+
+
+def read_sidecar(path: Path) -> str | None:
+    """The recorded digest for `path`, or None when no sidecar exists or it is unreadable."""
+    side = sidecar_path(path)
+    try:
+        text = side.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    digest = text.split()[0] if text else ""
+    if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
+        return digest
+    return None

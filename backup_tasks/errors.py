@@ -1,0 +1,109 @@
+"""The error tree. Every expected failure is a BackupError with a user-facing message, a hint and an exit code.
+
+The CLI turns these into `Error: …` / `Hint: …` lines and the exit code in one place (cli/_errors.py); tasks
+turn them into JSON-safe failure payloads. Subclassing RuntimeError keeps the seed's contract
+("Raises: RuntimeError") for callers of the Python API.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    ERROR = 1  # unexpected failure
+    USAGE = 2  # bad arguments or configuration
+    NOT_FOUND = 3  # backup file or object does not exist
+    INVALID_BACKUP = 4  # corrupt, truncated, tampered or foreign file
+    SCHEMA_MISMATCH = 5  # the database does not have the backup's tables/columns
+    DATABASE = 6  # database unreachable or a statement failed
+    STORAGE = 7  # local directory or S3 failure
+    BUSY = 8  # another job holds the lock for this database
+    QUEUE = 9  # broker or worker unreachable
+    ABORTED = 10  # the user declined, or no terminal to confirm on
+    STALE = 11  # `check`: the newest good backup is too old
+    INTERRUPTED = 130
+
+
+class BackupError(RuntimeError):
+    exit_code: ExitCode = ExitCode.ERROR
+    default_hint: str | None = None
+
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+
+    def to_dict(self) -> dict:
+        return {
+            "type": type(self).__name__,
+            "message": self.message,
+            "hint": self.hint,
+            "exit_code": int(self.exit_code),
+        }
+
+
+class ConfigError(BackupError):
+    exit_code = ExitCode.USAGE
+
+
+class UsageError(BackupError):
+    exit_code = ExitCode.USAGE
+
+
+class NotFoundError(BackupError):
+    exit_code = ExitCode.NOT_FOUND
+
+
+class InvalidBackupError(BackupError):
+    """The file is not a complete, well-formed backup of this tool's format."""
+
+    exit_code = ExitCode.INVALID_BACKUP
+    default_hint = "Check the file with `backupctl verify FILE`; use another backup if it is damaged."
+
+
+class IntegrityError(InvalidBackupError):
+    """The file's SHA-256 differs from the one recorded when it was created."""
+
+    default_hint = "The file was changed or damaged after it was written; use another backup."
+
+
+class SchemaMismatchError(BackupError):
+    exit_code = ExitCode.SCHEMA_MISMATCH
+    default_hint = (
+        "Bring the database schema to the backup's migration version (e.g. `alembic upgrade <version>`) and retry."
+    )
+
+
+class DatabaseError(BackupError):
+    exit_code = ExitCode.DATABASE
+    default_hint = "Check DATABASE_URL and that PostgreSQL is running and reachable."
+
+
+class RestoreError(DatabaseError):
+    """A statement failed during restore; the transaction was rolled back."""
+
+    default_hint = "Nothing was changed: the restore ran in one transaction and was rolled back."
+
+
+class StorageError(BackupError):
+    exit_code = ExitCode.STORAGE
+
+
+class BusyError(BackupError):
+    exit_code = ExitCode.BUSY
+    default_hint = "Wait for the running job to finish (see `backupctl status ID`), then retry."
+
+
+class QueueError(BackupError):
+    exit_code = ExitCode.QUEUE
+    default_hint = "Start a worker with `make worker`, or run the command in-process with --local."
+
+
+class AbortedError(BackupError):
+    exit_code = ExitCode.ABORTED
+
+
+class StaleBackupError(BackupError):
+    exit_code = ExitCode.STALE

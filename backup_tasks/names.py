@@ -1,0 +1,55 @@
+"""Backup file names: the one place that knows `backup_YYYYMMDD_HHMMSS[_N].backup.gz`.
+
+Backups are found by parsing this exact pattern, never by substring, and every name that enters from outside
+(CLI, task arguments, S3 listings) goes through validate_name() before it touches a path or a key.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+
+from .errors import UsageError
+
+SUFFIX = ".backup.gz"
+CHECKSUM_SUFFIX = ".sha256"
+_NAME_RE = re.compile(r"^backup_(\d{8})_(\d{6})(?:_(\d{1,4}))?\.backup\.gz$")
+
+
+def make_name(when: datetime, sequence: int = 0) -> str:
+    """Name for a backup taken at `when` (UTC). `sequence` > 0 separates backups taken in the same second."""
+    stamp = when.astimezone(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    return f"backup_{stamp}{f'_{sequence}' if sequence else ''}{SUFFIX}"
+
+
+def parse_name(name: str) -> tuple[datetime, int] | None:
+    """(creation time in UTC, sequence) for a valid backup name, else None."""
+    m = _NAME_RE.match(name)
+    if not m:
+        return None
+    try:
+        when = datetime.strptime(m.group(1) + m.group(2), "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+    return when, int(m.group(3) or 0)
+
+
+def is_backup_name(name: str) -> bool:
+    return parse_name(name) is not None
+
+
+def validate_name(name: str) -> str:
+    """Return `name` if it is a plain backup file name; refuse paths, `..` and anything else."""
+    if not isinstance(name, str) or not is_backup_name(name):
+        raise UsageError(
+            f"not a backup name: {name!r}",
+            hint="A backup name looks like backup_20251101_123456.backup.gz (no directories).",
+        )
+    return name
+
+
+def sort_key(name: str) -> tuple[datetime, int]:
+    parsed = parse_name(name)
+    if parsed is None:
+        raise ValueError(name)
+    return parsed

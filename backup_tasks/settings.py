@@ -1,0 +1,78 @@
+"""Configuration from the environment and `.env` (pydantic-settings).
+
+Built by get_settings(), never at import time, so tests and tasks can change the environment first.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    # Database
+    DATABASE_URL: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
+    BACKUP_LOCK_TIMEOUT_S: float = Field(60.0, description="how long backup/restore wait for table locks")
+
+    # Backups on this host
+    BACKUP_DIR: Path = Path("./backups")
+    BACKUP_COMPRESSION_LEVEL: int = Field(1, ge=0, le=3, description="isal gzip level 0-3 (output is standard gzip)")
+    BACKUP_MAX_LINE_BYTES: int = Field(
+        512 * 1024 * 1024, description="largest single row (as JSON) a restore accepts; bounds memory on hostile files"
+    )
+
+    # Schedule and retention
+    BACKUP_CRON: str = "0 2 * * *"
+    BACKUP_TIMEZONE: str = "UTC"
+    BACKUP_RETENTION_DAYS: int = Field(7, ge=0)
+    BACKUP_RETENTION_MIN_COUNT: int = Field(1, ge=1)
+    BACKUP_KEEP_DAILY: int = Field(0, ge=0)
+    BACKUP_KEEP_WEEKLY: int = Field(0, ge=0)
+    BACKUP_KEEP_MONTHLY: int = Field(0, ge=0)
+    BACKUP_NOTIFY_WEBHOOK_URL: SecretStr | None = None
+
+    # S3 (or any S3-compatible store). Credentials come from boto3's own chain, never from here.
+    S3_BUCKET_NAME: str | None = None
+    S3_PREFIX: str = "backups/"
+    S3_ENDPOINT_URL: str | None = None
+    S3_REGION: str | None = None
+    S3_ADDRESSING_STYLE: Literal["auto", "path", "virtual"] = "auto"
+    S3_SSE: Literal["", "AES256", "aws:kms"] = ""
+    S3_SSE_KMS_KEY_ID: str | None = None
+    S3_STORAGE_CLASS: str | None = None
+
+    # Celery
+    CELERY_BROKER_URL: SecretStr = SecretStr("redis://localhost:6379/0")
+    CELERY_RESULT_BACKEND: SecretStr = SecretStr("redis://localhost:6379/0")
+    CELERY_TASK_SOFT_TIME_LIMIT: int = 6 * 3600
+    CELERY_TASK_TIME_LIMIT: int = 6 * 3600 + 300
+    CELERY_RESULT_EXPIRES: int = 7 * 24 * 3600
+    JOB_LOCK_TTL_S: int = Field(600, description="lock TTL; a running job renews it, a crashed one lets it lapse")
+
+    # Flower
+    FLOWER_BASIC_AUTH: SecretStr | None = None
+    FLOWER_ADDRESS: str = "127.0.0.1"
+    FLOWER_PORT: int = 5555
+
+    @property
+    def database_url(self) -> str:
+        return self.DATABASE_URL.get_secret_value()
+
+    @property
+    def s3_enabled(self) -> bool:
+        return bool(self.S3_BUCKET_NAME)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings_cache() -> None:
+    get_settings.cache_clear()

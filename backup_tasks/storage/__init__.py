@@ -1,0 +1,3 @@
+from .base import BackupInfo, Storage
+
+__all__ = ["BackupInfo", "Storage"]
