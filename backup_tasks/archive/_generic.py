@@ -1,0 +1,174 @@
+"""Event-stream reader for backup documents not in this tool's line layout (any valid JSON of the seed's shape).
+
+Slower than the line reader (ijson's C backend), but still streaming: only one batch of rows and the current
+table's header are held at a time.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import ijson
+
+from ..errors import InvalidBackupError
+
+_BATCH = 2000
+
+
+def _bad(message: str) -> InvalidBackupError:
+    return InvalidBackupError(message)
+
+
+class GenericParser:
+    def __init__(self, source, name: str, make_header: Callable[[Any, Any], Any]):
+        self.name = name
+        self._events = self._wrap(ijson.basic_parse(source, use_float=True))
+        self._make_header = make_header
+        self.metadata: Any = None
+        self._pending_key: str | None = None
+        self._started = False
+
+    def _wrap(self, events) -> Iterator[tuple[str, Any]]:
+        try:
+            yield from events
+        except ijson.common.IncompleteJSONError as exc:
+            raise _bad(f"{self.name} is not valid JSON ({str(exc).strip()[:120]})") from None
+        except ijson.common.JSONError as exc:
+            raise _bad(f"{self.name} is not valid JSON ({str(exc).strip()[:120]})") from None
+        except UnicodeDecodeError:
+            raise _bad(f"{self.name} is not UTF-8 JSON") from None
+
+    def _next(self) -> tuple[str, Any]:
+        try:
+            return next(self._events)
+        except StopIteration:
+            raise _bad(f"{self.name} ends early (truncated JSON)") from None
+
+    def _build(self, event: str, value: Any) -> Any:
+        if event == "start_map":
+            obj: dict[str, Any] = {}
+            while True:
+                ev, val = self._next()
+                if ev == "end_map":
+                    return obj
+                obj[val] = self._build(*self._next())
+        if event == "start_array":
+            arr: list[Any] = []
+            while True:
+                ev, val = self._next()
+                if ev == "end_array":
+                    return arr
+                arr.append(self._build(ev, val))
+        if event in ("end_map", "end_array", "map_key"):
+            raise _bad(f"{self.name} is not valid JSON")
+        return value
+
+    def _start(self) -> None:
+        if not self._started:
+            self._started = True
+            ev, _ = self._next()
+            if ev != "start_map":
+                raise _bad(f"{self.name} is not a backup: the document must be a JSON object")
+
+    def metadata_if_first(self) -> Any:
+        self._start()
+        ev, key = self._next()
+        if ev == "end_map":
+            raise _bad(f"{self.name} is not a backup: it has no `metadata` or `tables`")
+        if key == "metadata":
+            self.metadata = self._build(*self._next())
+            return self.metadata
+        self._pending_key = key
+        return None
+
+    def _top_keys(self) -> Iterator[str]:
+        if self._pending_key is not None:
+            key, self._pending_key = self._pending_key, None
+            yield key
+        while True:
+            ev, key = self._next()
+            if ev == "end_map":
+                break
+            yield key
+        try:
+            next(self._events)
+        except StopIteration:
+            return
+        raise _bad(f"{self.name} has data after the end of the document")
+
+    def tables(self, check_rows: Callable[[Any, Any, int], None]) -> Iterator[Any]:
+        from .reader import TableRows
+
+        seen_tables = False
+        for key in self._top_keys():
+            if key == "metadata":
+                self.metadata = self._build(*self._next())
+            elif key == "tables":
+                if seen_tables:
+                    raise _bad(f"{self.name} has two `tables` objects")
+                seen_tables = True
+                ev, _ = self._next()
+                if ev != "start_map":
+                    raise _bad(f"{self.name}: `tables` must be an object")
+                while True:
+                    ev, tkey = self._next()
+                    if ev == "end_map":
+                        break
+                    yield from self._table(tkey, check_rows, TableRows)
+            else:
+                self._build(*self._next())  # unknown top-level field: tolerated, ignored
+        if not seen_tables:
+            raise _bad(f"{self.name} has no `tables` object")
+
+    def _table(self, key: str, check_rows, TableRows) -> Iterator[Any]:
+        ev, _ = self._next()
+        if ev != "start_map":
+            raise _bad(f"{self.name}: table {key!r} must be an object")
+        fields: dict[str, Any] = {}
+        header = None
+        state = {"rows": 0}
+        while True:
+            ev, fkey = self._next()
+            if ev == "end_map":
+                break
+            if fkey == "data":
+                if header is not None:
+                    raise _bad(f"{self.name}: table {key!r} has two `data` arrays")
+                header = self._make_header(key, fields)
+                yield TableRows(header, self._rows(header, check_rows, state))
+                if not state.get("done"):
+                    for _ in self._rows(header, check_rows, state):
+                        pass
+            else:
+                fields[fkey] = self._build(*self._next())
+                if header is not None and fkey == "row_count":
+                    header.row_count = None  # checked below against what was read
+        if header is None:
+            raise _bad(f"{self.name}: table {key!r} has no `data`")
+        count = fields.get("row_count")
+        if type(count) is not int or count != state["rows"]:
+            raise _bad(f"{self.name}: table {key!r}: row_count says {count} but the data holds {state['rows']} rows")
+        header.row_count = state["rows"]
+
+    def _rows(self, header, check_rows, state) -> Iterator[list[list[Any]]]:
+        if not state.get("opened"):
+            ev, _ = self._next()
+            if ev != "start_array":
+                raise _bad(f"{self.name}: table {header.key!r}: `data` must be an array of rows")
+            state["opened"] = True
+        batch: list[Any] = []
+        while True:
+            ev, val = self._next()
+            if ev == "end_array":
+                break
+            batch.append(self._build(ev, val))
+            if len(batch) >= _BATCH:
+                check_rows(batch, header, state["rows"])
+                state["rows"] += len(batch)
+                yield batch
+                batch = []
+        if batch:
+            check_rows(batch, header, state["rows"])
+            state["rows"] += len(batch)
+            yield batch
+        state["done"] = True

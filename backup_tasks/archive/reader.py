@@ -1,0 +1,454 @@
+"""Streaming reader of the backup document, in bounded memory.
+
+Files in this tool's own layout (archive/__init__.py) are read line-group by line-group and parsed with orjson;
+any other valid JSON document of the same shape (a file written by another implementation of the seed, or
+re-formatted by hand) is read by ijson's event parser. Both check everything a restore relies on: the
+document's shape, each row's width and value types, each table's row_count, and duplicate table keys.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator
+
+import orjson
+from isal import igzip
+from pydantic import ValidationError
+
+from ..errors import InvalidBackupError, NotFoundError
+from ..models import FORMAT_VERSION, BackupMetadata
+from ..pg.catalog import parse_table_key, table_key
+
+READ_SIZE = 1 << 20
+BATCH_BYTES = 1 << 20  # parse rows in ~1 MB groups of lines: fast, and bounded
+GENERIC_BATCH_ROWS = 2000
+ALLOWED_VALUE_TYPES = frozenset({str, int, float, bool, type(None)})
+_HEAD = b'{"metadata":'
+_HEAD_END = b',"tables":{'
+_DATA_OPEN = b'"data":['
+
+
+@dataclass
+class TableHeader:
+    key: str
+    schema: str
+    name: str
+    columns: list[str]
+    column_types: list[str] | None
+    row_count: int | None = None  # known after the rows were read (or before, in a seed-ordered file)
+
+
+@dataclass
+class Contents:
+    metadata: BackupMetadata
+    tables: list[TableHeader] = field(default_factory=list)
+    uncompressed_bytes: int = 0
+
+    @property
+    def total_rows(self) -> int:
+        return sum(t.row_count or 0 for t in self.tables)
+
+
+def _bad(message: str, hint: str | None = None) -> InvalidBackupError:
+    return InvalidBackupError(message, hint)
+
+
+class _Source:
+    """Decompressed bytes of the file, with gzip and I/O errors turned into InvalidBackupError."""
+
+    def __init__(self, path: Path):
+        try:
+            self._raw = open(path, "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"backup file not found: {path}",
+                                hint="Give a path, or a name from `backupctl list`.") from None
+        except IsADirectoryError:
+            raise NotFoundError(f"not a file: {path}") from None
+        self.compressed_size = os.fstat(self._raw.fileno()).st_size
+        if self.compressed_size == 0:
+            self._raw.close()
+            raise _bad(f"{path.name} is empty")
+        self._gz = igzip.IGzipFile(fileobj=self._raw, mode="rb")
+        self.name = path.name
+        self.uncompressed = 0
+
+    @property
+    def compressed_done(self) -> int:
+        try:
+            return self._raw.tell()
+        except (OSError, ValueError):
+            return 0
+
+    def read(self, n: int = READ_SIZE) -> bytes:
+        try:
+            data = self._gz.read(n)
+        except EOFError:
+            raise _bad(f"{self.name} is truncated (the gzip stream ends early)") from None
+        except (OSError, zlib.error, ValueError) as exc:  # BadGzipFile is an OSError; isal raises its own
+            raise _bad(f"{self.name} is not a readable gzip file: {exc}") from None
+        except Exception as exc:  # isal.isal_zlib.error does not subclass zlib.error
+            if type(exc).__name__ in ("error", "IsalError"):
+                raise _bad(f"{self.name} is not a readable gzip file: {exc}") from None
+            raise
+        self.uncompressed += len(data)
+        return data
+
+    def close(self) -> None:
+        try:
+            self._gz.close()
+        finally:
+            self._raw.close()
+
+
+class _Lines:
+    """Complete lines over the decompressed stream, never more than max_line bytes buffered per line."""
+
+    def __init__(self, source: _Source, max_line: int):
+        self.src = source
+        self.max_line = max_line
+        self.buf = b""
+        self.pos = 0
+        self.eof = False
+
+    def fill(self) -> bool:
+        if self.eof:
+            return False
+        chunk = self.src.read(READ_SIZE)
+        if not chunk:
+            self.eof = True
+            return False
+        self.buf = self.buf[self.pos:] + chunk
+        self.pos = 0
+        return True
+
+    def peek(self) -> int | None:
+        while self.pos >= len(self.buf):
+            if not self.fill():
+                return None
+        return self.buf[self.pos]
+
+    def readline(self) -> bytes | None:
+        """The next line without its newline; None at end of input. A final line without newline is returned."""
+        while True:
+            idx = self.buf.find(b"\n", self.pos)
+            if idx >= 0:
+                line = self.buf[self.pos:idx]
+                self.pos = idx + 1
+                return line
+            if len(self.buf) - self.pos > self.max_line:
+                raise _bad(f"a line of {self.src.name} is longer than {self.max_line} bytes",
+                           hint="Raise BACKUP_MAX_LINE_BYTES if the backup really holds such a row.")
+            if not self.fill():
+                if self.pos < len(self.buf):
+                    line = self.buf[self.pos:]
+                    self.pos = len(self.buf)
+                    return line
+                return None
+
+    def row_block(self) -> tuple[bytes, bool]:
+        """(complete row lines, trailer_next). Stops before the line that starts with `]`."""
+        while True:
+            nxt = self.peek()
+            if nxt is None:
+                raise _bad(f"{self.src.name} ends inside a table's rows (truncated)")
+            if nxt == 0x5D:  # "]": the table's closing line
+                return b"", True
+            idx = self.buf.find(b"\n]", self.pos)
+            if idx >= 0:
+                block = self.buf[self.pos:idx + 1]
+                self.pos = idx + 1
+                return block, True
+            last = self.buf.rfind(b"\n", self.pos)
+            if last >= 0 and last + 1 - self.pos >= BATCH_BYTES:
+                block = self.buf[self.pos:last + 1]
+                self.pos = last + 1
+                return block, False
+            if len(self.buf) - self.pos > self.max_line + BATCH_BYTES and last < 0:
+                raise _bad(f"a row of {self.src.name} is longer than {self.max_line} bytes",
+                           hint="Raise BACKUP_MAX_LINE_BYTES if the backup really holds such a row.")
+            if not self.fill():
+                if last >= 0:
+                    block = self.buf[self.pos:last + 1]
+                    self.pos = last + 1
+                    return block, False
+                raise _bad(f"{self.src.name} ends inside a table's rows (truncated)")
+
+
+def _check_rows(rows: Any, header: TableHeader, done: int) -> None:
+    """Every row is a list of len(columns) JSON scalars: checked in C-speed passes over the batch."""
+    if type(rows) is not list:
+        raise _bad(f"table {header.key!r}: `data` must be an array of rows")
+    if not rows:
+        return
+    if set(map(type, rows)) != {list}:
+        raise _bad(f"table {header.key!r}: a row near row {done + 1} is not an array")
+    width = len(header.columns)
+    widths = set(map(len, rows))
+    if widths != {width}:
+        bad = next(i for i, r in enumerate(rows) if len(r) != width)
+        raise _bad(f"table {header.key!r}: row {done + bad + 1} has {len(rows[bad])} values, "
+                   f"expected {width} (one per column)")
+    kinds = set(map(type, itertools.chain.from_iterable(rows)))
+    if not kinds <= ALLOWED_VALUE_TYPES:
+        odd = sorted(k.__name__ for k in kinds - ALLOWED_VALUE_TYPES)
+        raise _bad(f"table {header.key!r}: values of type {', '.join(odd)} near row {done + 1}; "
+                   "values must be strings, numbers, booleans or null")
+
+
+def _validate_metadata(raw: Any, name: str) -> BackupMetadata:
+    if not isinstance(raw, dict):
+        raise _bad(f"{name}: `metadata` must be an object")
+    version = raw.get("format_version", 1)
+    if isinstance(version, int) and version > FORMAT_VERSION:
+        raise _bad(f"{name} uses format version {version}; this backup_tasks reads up to {FORMAT_VERSION}",
+                   hint="Upgrade backup_tasks to restore this backup.")
+    try:
+        return BackupMetadata.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise _bad(f"{name}: invalid metadata field {where!r}: {first['msg']}") from None
+
+
+def _make_header(key: Any, obj: Any, name: str) -> TableHeader:
+    if not isinstance(key, str) or not isinstance(obj, dict):
+        raise _bad(f"{name}: every entry of `tables` must be an object")
+    columns = obj.get("columns")
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise _bad(f"{name}: table {key!r} has no valid `columns` list before its `data`")
+    if len(set(columns)) != len(columns):
+        raise _bad(f"{name}: table {key!r} lists a column twice")
+    types = obj.get("column_types")
+    if types is not None and (not isinstance(types, list) or len(types) != len(columns)
+                              or not all(isinstance(t, str) for t in types)):
+        raise _bad(f"{name}: table {key!r} has a `column_types` list that does not match its columns")
+    schema, tname = obj.get("schema"), obj.get("name")
+    if schema is None and tname is None:
+        parsed = parse_table_key(key)
+        if parsed is None:
+            raise _bad(f"{name}: table key {key!r} is not a table name")
+        schema, tname = parsed
+    if not isinstance(schema, str) or not isinstance(tname, str) or table_key(schema, tname) != key:
+        raise _bad(f"{name}: table {key!r} has schema/name fields that do not match its key")
+    row_count = obj.get("row_count")
+    if row_count is not None and (type(row_count) is not int or row_count < 0):
+        raise _bad(f"{name}: table {key!r} has an invalid row_count")
+    return TableHeader(key, schema, tname, list(columns), types, row_count)
+
+
+class TableRows:
+    """One table's header and its rows in batches. Iterate `batches()` fully before asking for the next table."""
+
+    def __init__(self, header: TableHeader, batches: Iterator[list[list[Any]]]):
+        self.header = header
+        self._batches = batches
+
+    def batches(self) -> Iterator[list[list[Any]]]:
+        return self._batches
+
+
+class BackupReader:
+    """`with BackupReader(path) as r:` then `r.metadata` and `for table in r.tables(): ...`."""
+
+    def __init__(self, path: Path, max_line: int = 512 << 20, parse_rows: bool = True):
+        self.path = Path(path)
+        self.max_line = max_line
+        # parse_rows=False (own layout only): batches are row counts, not rows; structure is still checked.
+        self.parse_rows = parse_rows
+        self.src = _Source(self.path)
+        self.metadata: BackupMetadata | None = None
+        self.finished = False
+        self._seen: set[str] = set()
+        self._lines: _Lines | None = None
+        self._generic = None
+        self._fast = self._detect()
+
+    # -- setup ---------------------------------------------------------------------------------------
+    def _detect(self) -> bool:
+        lines = _Lines(self.src, self.max_line)
+        first = lines.peek()
+        if first is None:
+            raise _bad(f"{self.path.name} holds no data")
+        if lines.buf.startswith(_HEAD, lines.pos):
+            line = lines.readline()
+            if line is not None and line.endswith(_HEAD_END):
+                try:
+                    raw = orjson.loads(line[len(_HEAD):-len(_HEAD_END)])
+                except orjson.JSONDecodeError:
+                    raise _bad(f"{self.path.name}: the metadata is not valid JSON") from None
+                self.metadata = _validate_metadata(raw, self.path.name)
+                self._lines = lines
+                return True
+        # Not our line layout: start over with the generic event parser.
+        self.src.close()
+        self.src = _Source(self.path)
+        from ._generic import GenericParser
+
+        self._generic = GenericParser(self.src, self.path.name, self._new_table_header)
+        self.metadata = self._generic.metadata_if_first()
+        if self.metadata is not None:
+            self.metadata = _validate_metadata(self.metadata, self.path.name)
+        return False
+
+    def _new_table_header(self, key: Any, obj: Any) -> TableHeader:
+        header = _make_header(key, obj, self.path.name)
+        if header.key in self._seen:
+            raise _bad(f"{self.path.name}: table {header.key!r} appears twice")
+        self._seen.add(header.key)
+        return header
+
+    def __enter__(self) -> BackupReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.src.close()
+
+    @property
+    def compressed_size(self) -> int:
+        return self.src.compressed_size
+
+    @property
+    def compressed_done(self) -> int:
+        return self.src.compressed_done
+
+    # -- tables --------------------------------------------------------------------------------------
+    def tables(self) -> Iterator[TableRows]:
+        if not self._fast:
+            yield from self._generic.tables(_check_rows)
+            meta = self._generic.metadata
+            if self.metadata is None:
+                if meta is None:
+                    raise _bad(f"{self.path.name} has no `metadata`")
+                self.metadata = _validate_metadata(meta, self.path.name)
+            self.finished = True
+            return
+        lines = self._lines
+        assert lines is not None
+        more = True
+        first = True
+        while True:
+            line = lines.readline()
+            if line is None:
+                raise _bad(f"{self.path.name} ends before its last table (truncated)")
+            if line == b"}}":
+                if more and not first:
+                    raise _bad(f"{self.path.name}: a comma follows the last table")
+                break
+            if not more:
+                raise _bad(f"{self.path.name}: tables are not separated as JSON requires")
+            if not line.endswith(_DATA_OPEN):
+                raise _bad(f"{self.path.name}: unexpected content where a table should start")
+            try:
+                obj = orjson.loads(b"{" + line + b"]}}")
+            except orjson.JSONDecodeError:
+                raise _bad(f"{self.path.name}: a table header is not valid JSON") from None
+            if not isinstance(obj, dict) or len(obj) != 1:
+                raise _bad(f"{self.path.name}: a table header is not valid JSON")
+            (key, value), = obj.items()
+            if "row_count" in value:
+                raise _bad(f"{self.path.name}: table {key!r} has fields after its data")
+            header = self._new_table_header(key, value)
+            state = {"more": False}
+            yield TableRows(header, self._fast_batches(header, state))
+            if state.get("done") is not True:
+                # The consumer stopped early; skip to the end of this table so the next header lines up.
+                for _ in self._fast_batches(header, state):
+                    pass
+            more = state["more"]
+            first = False
+        rest = lines.buf[lines.pos:]
+        while not rest.strip() and lines.fill():
+            rest = lines.buf[lines.pos:]
+        if rest.strip():
+            raise _bad(f"{self.path.name} has data after the end of the document")
+        self.finished = True
+
+    def _fast_batches(self, header: TableHeader, state: dict) -> Iterator[list[list[Any]]]:
+        lines = self._lines
+        name = self.path.name
+        done = state.get("rows", 0)
+        comma_pending = state.get("comma", False)
+        while True:
+            block, trailer_next = lines.row_block()
+            if block:
+                if done and not comma_pending:
+                    raise _bad(f"{name}: table {header.key!r}: rows near row {done + 1} are not separated by a comma")
+                body = block[:-1]  # drop the final newline
+                comma_pending = body.endswith(b",")
+                if comma_pending:
+                    body = body[:-1]
+                if not self.parse_rows:
+                    count = body.count(b"\n") + 1
+                    done += count
+                    state["rows"], state["comma"] = done, comma_pending
+                    yield count
+                    continue
+                try:
+                    rows = orjson.loads(b"[" + body + b"]")
+                except orjson.JSONDecodeError as exc:
+                    raise _bad(f"{name}: table {header.key!r}: invalid JSON near row {done + 1} ({exc})") from None
+                _check_rows(rows, header, done)
+                done += len(rows)
+                state["rows"], state["comma"] = done, comma_pending
+                yield rows
+            if trailer_next:
+                break
+        if comma_pending:
+            raise _bad(f"{name}: table {header.key!r}: a comma follows its last row")
+        line = lines.readline()
+        more = line.endswith(b",") if line else False
+        body = line[:-1] if more else line
+        try:
+            tail = orjson.loads(b'{"data":[' + (body or b""))
+        except orjson.JSONDecodeError:
+            raise _bad(f"{name}: table {header.key!r}: its closing `row_count` is not valid JSON") from None
+        if not isinstance(tail, dict) or set(tail) != {"data", "row_count"}:
+            raise _bad(f"{name}: table {header.key!r}: unexpected fields after its data")
+        count = tail["row_count"]
+        if type(count) is not int or count != done:
+            raise _bad(f"{name}: table {header.key!r}: row_count says {count} but the data holds {done} rows")
+        header.row_count = done
+        state["more"], state["done"] = more, True
+
+
+def scan(path: Path, max_line: int = 512 << 20,
+         on_progress: Callable[[BackupReader, TableHeader, int], None] | None = None,
+         parse_rows: bool = True) -> Contents:
+    """Read the whole file once and check it; returns its metadata and table list (no rows are kept).
+    parse_rows=False only counts rows (fast; for row counts before a restore that checks every row anyway)."""
+    with BackupReader(path, max_line, parse_rows=parse_rows) as reader:
+        tables: list[TableHeader] = []
+        for table in reader.tables():
+            rows = 0
+            for batch in table.batches():
+                rows += batch if type(batch) is int else len(batch)
+                if on_progress:
+                    on_progress(reader, table.header, rows)
+            tables.append(table.header)
+        return Contents(reader.metadata, tables, reader.src.uncompressed)
+
+
+def read_metadata(path: Path, max_line: int = 512 << 20) -> BackupMetadata:
+    """The metadata at the head of the file, without reading the rows (generic files: parsed up to it)."""
+    with BackupReader(Path(path), max_line) as reader:
+        if reader.metadata is None:
+            for table in reader.tables():
+                for _ in table.batches():
+                    pass
+        return reader.metadata
+
+
+def read_contents_fast(path: Path, max_line: int = 512 << 20) -> Contents | None:
+    """The table of contents from the metadata alone, when the file carries one; None otherwise."""
+    meta = read_metadata(path, max_line)
+    if not meta.contents:
+        return None
+    tables = [TableHeader(c.key, c.schema_name, c.name, list(c.columns), list(c.column_types)) for c in meta.contents]
+    return Contents(meta, tables)

@@ -1,0 +1,45 @@
+"""Options and helpers shared by every command."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import click
+
+from ..progress import Progress
+
+
+def job_options(fn: Callable) -> Callable:
+    """--local / --no-wait for commands that run a job."""
+
+    @click.option("--local", is_flag=True, help="Run in this process instead of on a Celery worker.")
+    @click.option("--no-wait", is_flag=True, help="Enqueue, print the task id and return at once.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def database_option(fn: Callable) -> Callable:
+    return click.option(
+        "--database-url",
+        envvar=None,
+        default=None,
+        metavar="URL",
+        help="Database to use instead of DATABASE_URL.",
+    )(fn)
+
+
+def run_job(name: str, kwargs: dict[str, Any], *, local: bool, no_wait: bool = False) -> dict[str, Any] | None:
+    """Run a job in-process (with a progress bar) or on a worker. Returns the job's result dict, or None with --no-wait."""
+    from .dispatch import dispatch
+
+    return dispatch(name, kwargs, local=local, no_wait=no_wait)
+
+
+def progress_printer() -> Callable[[Progress], None]:
+    from .progressbar import ProgressBar
+
+    return ProgressBar()

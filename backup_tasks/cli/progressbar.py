@@ -1,0 +1,55 @@
+"""A progress bar on stderr (only when stderr is a terminal), fed by Progress events from a local or remote job."""
+
+from __future__ import annotations
+
+import sys
+
+from ..progress import Progress
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+class ProgressBar:
+    """Callable ProgressFn drawing one rich progress bar; silent when stderr is not a terminal."""
+
+    def __init__(self, force: bool | None = None):
+        self._enabled = sys.stderr.isatty() if force is None else force
+        self._progress = None
+        self._task = None
+
+    def __call__(self, event: Progress) -> None:
+        if not self._enabled:
+            return
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+
+            self._progress = RichProgress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.fields[detail]}"),
+                TimeElapsedColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task(event.phase, total=None, detail="")
+        if event.bytes_total:
+            total, done = event.bytes_total, event.bytes_done
+        elif event.rows_total:
+            total, done = event.rows_total, event.rows_done
+        else:
+            total, done = None, 0
+        detail = f"{event.table or ''} {event.rows_done:,} rows {_fmt_bytes(event.bytes_done)}".strip()
+        self._progress.update(self._task, description=event.phase, total=total, completed=done, detail=detail)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

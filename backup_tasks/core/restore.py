@@ -1,0 +1,187 @@
+"""restore_backup: replace the database's data with a backup's, all-or-nothing in one transaction."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import psycopg2
+from psycopg2 import sql
+
+from ..archive.reader import BackupReader, Contents, read_contents_fast, scan
+from ..errors import BackupError, InvalidBackupError, RestoreError, SchemaMismatchError, UsageError
+from ..models import RestoredTable, RestoreResult
+from ..pg import restore_ops as ops
+from ..pg.catalog import read_catalog, read_migration_version
+from ..pg.connection import connection, pg_error_message
+from ..pg.copy_in import TableLoad, copy_statement, encode_rows, kind_for, run_copy_pipeline
+from ..progress import Progress, ProgressFn, Throttle
+from ..settings import get_settings
+from .diff import calculate_diff
+from .plan import RestorePlan, plan_restore
+
+
+def load_contents(path: Path, max_line: int) -> Contents:
+    """Table list from the metadata when the file carries one (no extra pass), else from a full scan."""
+    return read_contents_fast(path, max_line) or scan(path, max_line)
+
+
+def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: str | None = None,
+                   dry_run: bool = False, tables: list[str] | None = None,
+                   progress: ProgressFn | None = None) -> RestoreResult:
+    """Restore the backup into the database (DATABASE_URL or `database_url`).
+
+    show_diff computes the seed's per-table row counts first (result.diff); dry_run computes the full diff
+    and changes nothing. Raises a BackupError (a RuntimeError); on any failure nothing was changed.
+    """
+    settings = get_settings()
+    url = database_url or settings.database_url
+    path = Path(backup_path)
+    started = time.monotonic()
+    contents = load_contents(path, settings.BACKUP_MAX_LINE_BYTES)
+    meta = contents.metadata
+    if tables is not None and not tables:
+        tables = None
+
+    diff = None
+    if dry_run or show_diff:
+        diff = calculate_diff(path, database_url=url, detailed=dry_run, progress=progress, tables=tables)
+    if dry_run:
+        return RestoreResult(
+            success=True, dry_run=True, restored_tables=0, restored_rows=0,
+            message="Dry run: nothing was changed.", backup_name=path.name, backup_timestamp=meta.timestamp,
+            migration_version_before=diff.current_migration_version, migration_version_after=meta.migration_version,
+            diff=diff, duration_s=round(time.monotonic() - started, 3),
+        )
+
+    report = Throttle(progress)
+    with connection(url) as conn:
+        cur = conn.cursor()
+        try:
+            ops.lock_timeout(cur, settings.BACKUP_LOCK_TIMEOUT_S)
+            catalog = read_catalog(cur)
+            plan = plan_restore(contents, catalog, tables)
+            sequences = _sequences_to_restore(cur, contents, plan, tables)
+            before = read_migration_version(cur, catalog.alembic)
+            targets = plan.targets
+            ancestors = ops.partition_ancestors(cur, targets)
+            fks, coverage = ops.relevant_foreign_keys(catalog, targets, ancestors)
+            if tables:
+                _refuse_broken_references(cur, coverage)
+
+            triggers = ops.disable_user_triggers(cur, catalog, targets)
+            saved_fks = ops.drop_foreign_keys(cur, fks)
+            ops.truncate(cur, targets)
+            has_alembic = ops.set_migration_version(cur, catalog.alembic, meta.migration_version)
+
+            restored: list[RestoredTable] = []
+            with BackupReader(path, settings.BACKUP_MAX_LINE_BYTES) as reader:
+                total = reader.compressed_size
+
+                def on_chunk(mark: Any) -> None:
+                    key, rows = mark
+                    report(Progress("restore", key, rows, contents.total_rows or None,
+                                    reader.compressed_done, total))
+
+                run_copy_pipeline(
+                    cur, _load_stream(reader, plan, contents),
+                    on_table=lambda load: restored.append(RestoredTable(name=load.key, rows=load.rows)),
+                    on_chunk=on_chunk,
+                )
+                if not reader.finished:
+                    raise InvalidBackupError(f"{path.name} ended before the document was complete")
+            report.flush()
+            ops.add_foreign_keys(cur, saved_fks)
+            ops.enable_triggers(cur, triggers)
+            # setval is not transactional: it runs last, once nothing else can fail but the commit.
+            ops.set_sequences(cur, sequences)
+            conn.commit()
+        except psycopg2.Error as exc:
+            conn.rollback()
+            raise RestoreError(f"restore failed and was rolled back: {pg_error_message(exc)}") from None
+        except BaseException:
+            conn.rollback()
+            raise
+
+    rows = sum(t.rows for t in restored)
+    return RestoreResult(
+        success=True, restored_tables=len(restored), restored_rows=rows,
+        message=f"Restore completed: {len(restored)} tables, {rows} rows",
+        backup_name=path.name, backup_timestamp=meta.timestamp,
+        migration_version_before=before,
+        migration_version_after=meta.migration_version if has_alembic else before,
+        truncated=[t.key for t in targets], tables=restored, sequences_restored=len(sequences),
+        triggers_mode="disabled user triggers during load" if triggers else None,
+        diff=diff, duration_s=round(time.monotonic() - started, 3),
+    )
+
+
+def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents) -> Iterator[tuple[TableLoad, Any]]:
+    """Runs in the producer thread: each table of the file, checked against the plan, as encoded chunks."""
+    expected = [t.key for t in contents.tables]
+    seen: list[str] = []
+    for table in reader.tables():
+        header = table.header
+        seen.append(header.key)
+        if len(seen) > len(expected) or expected[len(seen) - 1] != header.key:
+            raise InvalidBackupError(f"{reader.path.name}: table {header.key!r} is not where the metadata lists it")
+        target = plan.loads.get(header.key)
+        if target is None:  # not selected with --table: read past it
+            for _ in table.batches():
+                pass
+            continue
+        if header.columns != target.header.columns:
+            raise InvalidBackupError(f"{reader.path.name}: table {header.key!r} has other columns than the "
+                                     "metadata lists")
+        db_cols = {c.name: c for c in target.table.columns}
+        kinds = [kind_for(db_cols[c].type_oid) for c in header.columns]
+        load = TableLoad(header.key, copy_statement(target.table.ident, header.columns))
+
+        def chunks(table=table, load=load, kinds=kinds, header=header) -> Iterator[tuple[bytes, Any]]:
+            for batch in table.batches():
+                data = encode_rows(batch, kinds, header.key, header.columns)
+                load.rows += len(batch)
+                yield data, (header.key, load.rows)
+
+        yield load, chunks()
+    if seen != expected:
+        missing = [k for k in expected if k not in seen]
+        raise InvalidBackupError(f"{reader.path.name} lacks tables its metadata lists: {', '.join(missing[:5])}")
+
+
+def _sequences_to_restore(cur, contents: Contents, plan: RestorePlan,
+                          tables: list[str] | None) -> list[tuple[str, str, int, bool]]:
+    states = [(s.schema_name, s.name, s.last_value, s.is_called) for s in contents.metadata.sequences]
+    existing = ops.existing_sequences(cur)
+    missing = [f"{s}.{n}" for s, n, _, _ in states if (s, n) not in existing]
+    if tables:
+        # Only the sequences owned by the restored tables (serial and identity columns).
+        oids = [p.table.oid for p in plan.loads.values()]
+        cur.execute(
+            "SELECT n.nspname, c.relname FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE d.classid = 'pg_class'::regclass "
+            "AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') AND c.relkind = 'S' "
+            "AND d.refobjid = ANY(%s)", (oids,))
+        owned = set(cur.fetchall())
+        return [s for s in states if (s[0], s[1]) in owned]
+    if missing:
+        raise SchemaMismatchError("the database schema does not match the backup: sequence(s) missing: "
+                                  + ", ".join(missing[:20]))
+    return states
+
+
+def _refuse_broken_references(cur, coverage) -> None:
+    broken = []
+    for fk, child_restored in coverage:
+        if not child_restored:
+            broken.append(f"{ops.relation_label(cur, fk.child_oid)} references "
+                          f"{ops.relation_label(cur, fk.parent_oid)} ({fk.name})")
+    if broken:
+        raise UsageError(
+            "restoring only these tables would break foreign keys: " + "; ".join(broken),
+            hint="Add the referencing tables with more --table options, or restore the whole backup.",
+        )
+
+
+__all__ = ["restore_backup", "BackupError", "sql"]

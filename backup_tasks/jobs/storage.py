@@ -1,0 +1,146 @@
+"""Storage jobs: list, upload, download, restore/verify from S3, cleanup. JSON-safe arguments in, dicts out.
+
+Every name that arrives here is validated before it touches a path or key; the storages validate again.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..checksum import read_sidecar
+from ..errors import NotFoundError, UsageError
+from ..names import validate_name
+from ..progress import ProgressFn, no_progress
+from ..retention import RetentionPolicy, apply_policy
+from ..settings import get_settings
+from ..storage.base import BackupInfo
+from ..storage.factory import local_storage, s3_storage
+from . import job
+
+TARGETS = ("local", "s3", "all")
+
+
+def info_dict(info: BackupInfo) -> dict[str, Any]:
+    return {
+        "name": info.name,
+        "size": info.size,
+        "created_at": info.created_at.isoformat(),
+        "sha256": info.sha256,
+        "migration_version": info.migration_version,
+        "location": info.location,
+    }
+
+
+@job("list_local")
+def list_local(*, progress: ProgressFn = no_progress) -> dict[str, Any]:
+    storage = local_storage()
+    return {"location": "local", "where": str(storage.root), "backups": [info_dict(i) for i in storage.list()]}
+
+
+@job("list_s3")
+def list_s3(*, progress: ProgressFn = no_progress) -> dict[str, Any]:
+    storage = s3_storage()
+    return {"location": "s3", "where": storage.url(), "backups": [info_dict(i) for i in storage.list()]}
+
+
+def _local_file(file: str) -> Path:
+    """A bare backup name means the file in BACKUP_DIR; anything else is a path to a backup file."""
+    path = Path(file)
+    if path.name == file:
+        in_dir = get_settings().BACKUP_DIR / file
+        if in_dir.is_file() or not path.is_file():
+            path = in_dir
+    validate_name(path.name)  # the object is stored under the file's own name
+    if not path.is_file():
+        raise NotFoundError(f"file not found: {path}", hint="See `backupctl list` for the backups in BACKUP_DIR.")
+    return path
+
+
+@job("upload")
+def upload(*, file: str, progress: ProgressFn = no_progress) -> dict[str, Any]:
+    path = _local_file(file)
+    storage = s3_storage()
+    # The local file is only read: a failed upload leaves it exactly as it was.
+    info = storage.put(path, progress=progress)
+    return {**info_dict(info), "source": str(path), "url": storage.url(info.name)}
+
+
+@job("download")
+def download(*, name: str, progress: ProgressFn = no_progress) -> dict[str, Any]:
+    validate_name(name)
+    storage = s3_storage()
+    path = storage.get(name, get_settings().BACKUP_DIR, progress=progress)
+    # get() verified the bytes against the recorded checksum and wrote it as the sidecar, if there was one.
+    checksum = "ok" if read_sidecar(path) else "missing"
+    return {"name": name, "path": str(path), "size": path.stat().st_size, "url": storage.url(name), "checksum": checksum}
+
+
+@contextmanager
+def _downloaded(name: str, progress: ProgressFn) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """Download an S3 backup into a private temp dir (checksum verified by get) that is removed whatever happens."""
+    validate_name(name)
+    storage = s3_storage()
+    # Next to BACKUP_DIR rather than /tmp: backups can be large and /tmp is often a small RAM disk.
+    parent = get_settings().BACKUP_DIR.resolve().parent
+    with tempfile.TemporaryDirectory(prefix=".backup-s3-", dir=parent if parent.is_dir() else None) as tmp:
+        path = storage.get(name, Path(tmp), progress=progress)
+        yield path, {"location": "s3", "url": storage.url(name), "sha256": read_sidecar(path)}
+
+
+@job("restore_s3")
+def restore_s3(
+    *,
+    name: str,
+    dry_run: bool = False,
+    database_url: str | None = None,
+    tables: list[str] | None = None,
+    progress: ProgressFn = no_progress,
+) -> dict[str, Any]:
+    from . import db
+
+    with _downloaded(name, progress) as (path, source):
+        result = db.restore_file(str(path), database_url=database_url, dry_run=dry_run, tables=tables, progress=progress)
+    return {**result, "source": source}
+
+
+@job("verify_s3")
+def verify_s3(*, name: str, progress: ProgressFn = no_progress) -> dict[str, Any]:
+    from . import db
+
+    with _downloaded(name, progress) as (path, source):
+        result = db.verify_file(str(path), progress=progress)
+    return {**result, "source": source}
+
+
+@job("cleanup")
+def cleanup(*, dry_run: bool = False, target: str = "all", progress: ProgressFn = no_progress) -> dict[str, Any]:
+    if target not in TARGETS:
+        raise UsageError(f"unknown cleanup target {target!r}", hint="Use one of: local, s3, all.")
+    settings = get_settings()
+    policy = RetentionPolicy.from_settings(settings)
+    now = datetime.now(timezone.utc)
+    locations: dict[str, Any] = {}
+    storages = []
+    if target in ("local", "all"):
+        storages.append(local_storage(settings))
+    if target == "s3" or (target == "all" and settings.s3_enabled):
+        storages.append(s3_storage(settings))
+    elif target == "all":
+        locations["s3"] = {"skipped": "S3_BUCKET_NAME is not set"}
+    for storage in storages:
+        decision = apply_policy(storage.list(), policy, now)
+        deleted, errors = [], {}
+        if not dry_run:
+            for b in decision.delete:
+                try:
+                    storage.delete(b.name)  # removes the sidecar / recorded checksum with it
+                    deleted.append(b.name)
+                except Exception as exc:  # one stuck file must not stop the rest; reported below
+                    errors[b.name] = getattr(exc, "message", None) or type(exc).__name__
+        where = str(storage.root) if storage.kind == "local" else storage.url()
+        locations[storage.kind] = {"where": where, **decision.to_dict(), "deleted": deleted, "errors": errors}
+    return {"dry_run": dry_run, "policy": policy.to_dict(), "locations": locations}

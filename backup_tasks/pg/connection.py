@@ -1,0 +1,77 @@
+"""Connections pinned to a lossless, locale-independent text output, like pg_dump's session."""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from typing import Iterator
+from urllib.parse import urlsplit
+
+import psycopg2
+import psycopg2.extensions
+
+from ..errors import DatabaseError
+
+# Every value leaves PostgreSQL as its own text output, which round-trips exactly only with these settings
+# (extra_float_digits=3: shortest exact floats; ISO dates: BC and year 294276 survive; hex bytea; money in the
+# C locale; reg* types always schema-qualified because nothing but pg_catalog is on the search_path).
+SESSION_OPTIONS = (
+    "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC "
+    "-c bytea_output=hex -c client_encoding=UTF8 -c row_security=off -c standard_conforming_strings=on "
+    "-c lc_monetary=C -c search_path=pg_catalog -c application_name=backup_tasks"
+)
+
+
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ***, for messages and logs."""
+    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def describe_target(url: str) -> tuple[str, str]:
+    """(database name, host) as the URL names them, for metadata and messages (no credentials)."""
+    parts = urlsplit(url)
+    name = parts.path.lstrip("/") or ""
+    host = parts.hostname or "localhost"
+    return name, host
+
+
+def connect(url: str, *, application: str = "backup_tasks") -> psycopg2.extensions.connection:
+    try:
+        conn = psycopg2.connect(url, options=SESSION_OPTIONS.replace("backup_tasks", application), connect_timeout=10)
+    except psycopg2.OperationalError as exc:
+        first = (str(exc).strip().splitlines() or ["connection failed"])[0]
+        raise DatabaseError(f"cannot connect to {mask_url(url)}: {first}") from None
+    except psycopg2.ProgrammingError as exc:
+        raise DatabaseError(f"invalid database URL {mask_url(url)}: {str(exc).strip()}",
+                            hint="DATABASE_URL looks like postgresql://user:password@host:5432/dbname") from None
+    return conn
+
+
+@contextmanager
+def connection(url: str, **kwargs) -> Iterator[psycopg2.extensions.connection]:
+    conn = connect(url, **kwargs)
+    try:
+        yield conn
+    finally:
+        try:
+            conn.rollback()
+        except psycopg2.Error:
+            pass
+        conn.close()
+
+
+def pg_error_message(exc: psycopg2.Error) -> str:
+    """One readable line from a psycopg2 error: primary message plus detail, without the query echo."""
+    diag = getattr(exc, "diag", None)
+    primary = diag.message_primary if diag is not None and diag.message_primary else str(exc).strip().splitlines()[0]
+    detail = diag.message_detail if diag is not None else None
+    context = diag.context if diag is not None else None
+    text = primary
+    if detail:
+        text += f" ({detail})"
+    if context and "COPY" in context:
+        text += f" [{context.splitlines()[0]}]"
+    return text
+
+
+QuoteIdent = psycopg2.extensions.quote_ident

@@ -1,0 +1,98 @@
+"""Reading table rows inside one consistent snapshot, with a prefetch thread.
+
+The prefetch thread keeps libpq receiving the next batch (psycopg2 releases the GIL while it waits) while the
+caller serialises and compresses the current one.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from typing import Any, Iterator
+
+import psycopg2
+from psycopg2 import sql
+
+from ..errors import DatabaseError
+from .catalog import Table
+from .connection import pg_error_message
+
+ITERSIZE = 2000  # measured: 2,000 keeps peak RSS at tens of MB; 50,000 raised it to ~350 MB
+
+
+def begin_snapshot(conn, lock_timeout_s: float) -> None:
+    """REPEATABLE READ, READ ONLY: every table is read as of one moment, as pg_dump does."""
+    conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
+    with conn.cursor() as cur:
+        cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_s * 1000)}ms",))
+
+
+def lock_tables(cur, tables: list[Table]) -> None:
+    """ACCESS SHARE on every table, so none is dropped or truncated under the backup."""
+    for start in range(0, len(tables), 500):
+        chunk = tables[start:start + 500]
+        cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(
+            sql.SQL(", ").join(sql.SQL("ONLY {}").format(t.ident) for t in chunk)))
+
+
+def select_rows(table: Table) -> sql.Composable:
+    cols = sql.SQL(", ").join(
+        sql.Identifier(c.name) if c.native else sql.SQL("{}::text").format(sql.Identifier(c.name))
+        for c in table.data_columns
+    )
+    return sql.SQL("SELECT {} FROM ONLY {}").format(cols, table.ident)
+
+
+_END = object()
+
+
+def iter_table_batches(conn, tables: list[Table], itersize: int = ITERSIZE) -> Iterator[tuple[int, Any]]:
+    """Yield (table index, batch of row tuples) for every table in order, then (index, _END) after each table."""
+    q: queue.Queue = queue.Queue(maxsize=4)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for i, table in enumerate(tables):
+                with conn.cursor(name=f"backup_tasks_{i}") as cur:
+                    cur.itersize = itersize
+                    cur.execute(select_rows(table))
+                    while True:
+                        rows = cur.fetchmany(itersize)
+                        if not rows:
+                            break
+                        if not put((i, rows)):
+                            return
+                if not put((i, _END)):
+                    return
+            put(None)
+        except BaseException as exc:  # handed to the consumer, which raises it in its own thread
+            put(exc)
+
+    worker = threading.Thread(target=produce, name="backup-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                if isinstance(item, psycopg2.Error):
+                    raise DatabaseError(f"reading rows failed: {pg_error_message(item)}") from None
+                raise item
+            yield item
+    finally:
+        stop.set()
+        worker.join()
+
+
+END = _END

@@ -1,0 +1,309 @@
+"""Backups in an S3 bucket (AWS or any S3-compatible endpoint). The only module that imports boto3.
+
+Keys are exactly `S3_PREFIX + backup name`; anything else in the bucket is never listed, read or deleted.
+The SHA-256 travels as object metadata (x-amz-meta-sha256) because a multipart ETag is not a content hash.
+Credentials come only from boto3's default chain and are never read, stored or printed here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, BinaryIO, Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError as BotoConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
+
+from ..checksum import read_sidecar, sha256_file, write_sidecar
+from ..errors import ConfigError, IntegrityError, NotFoundError, StorageError
+from ..names import parse_name, validate_name
+from ..progress import Progress, ProgressFn, Throttle
+from . import local
+from .base import BackupInfo
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+
+MB = 1024 * 1024
+_NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
+_DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
+_CRED_HINT = (
+    "Credentials come from boto3's standard chain: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, "
+    "or an instance/task role. Check they are set for this process and allowed on the bucket."
+)
+
+
+def _safe_url(url: str | None) -> str:
+    """The endpoint without any user:password@ part, for messages."""
+    if not url:
+        return "the default AWS endpoint"
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _boto_cause(exc: BaseException) -> BaseException | None:
+    """The boto error behind `exc`: upload_file re-raises a ClientError as S3UploadFailedError keeping it only
+    as context, and s3transfer's RetriesExceededError keeps it as `last_exception`."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (ClientError, BotoCoreError)):
+            return seen
+        inner = getattr(seen, "last_exception", None) or seen.__cause__ or seen.__context__
+        if inner is None and type(seen).__module__.split(".")[0] in {"boto3", "botocore", "s3transfer"}:
+            return seen
+        seen = inner
+    return None
+
+
+class _ProgressCounter:
+    """boto3 transfer callbacks report byte increments from several threads; turn them into Progress events."""
+
+    def __init__(self, phase: str, total: int | None, progress: ProgressFn | None):
+        self._phase, self._total, self._done = phase, total, 0
+        self._lock = threading.Lock()
+        self._report = Throttle(progress)
+
+    def __call__(self, n: int) -> None:
+        with self._lock:
+            self._done += n
+            self._report(Progress(phase=self._phase, bytes_done=self._done, bytes_total=self._total))
+
+    def flush(self) -> None:
+        with self._lock:
+            self._report.flush()
+
+
+class S3Storage:
+    kind = "s3"
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        max_attempts: int = 5,
+        multipart_threshold: int = 64 * MB,
+        multipart_chunksize: int = 16 * MB,
+        max_concurrency: int = 4,
+    ):
+        if not settings.S3_BUCKET_NAME:
+            raise ConfigError("S3 is not configured: S3_BUCKET_NAME is not set", hint="Set S3_BUCKET_NAME.")
+        if settings.S3_SSE_KMS_KEY_ID and settings.S3_SSE != "aws:kms":
+            raise ConfigError(
+                "S3_SSE_KMS_KEY_ID is set but S3_SSE is not 'aws:kms'", hint="Set S3_SSE=aws:kms to use the key."
+            )
+        self.bucket = settings.S3_BUCKET_NAME
+        prefix = settings.S3_PREFIX.lstrip("/")
+        # "backups" and "backups/" mean the same folder; without the slash keys would read "backupsbackup_…".
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.endpoint = settings.S3_ENDPOINT_URL
+        config = Config(
+            region_name=settings.S3_REGION,
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            s3={"addressing_style": settings.S3_ADDRESSING_STYLE},
+            connect_timeout=10,
+            read_timeout=120,
+            max_pool_connections=max(10, max_concurrency * 2),
+        )
+        self._client = boto3.session.Session().client("s3", endpoint_url=self.endpoint, config=config)
+        # Memory stays near max_concurrency * chunksize whatever the file size; s3transfer raises the chunk size
+        # on its own when a file would need more than 10,000 parts.
+        self._transfer = TransferConfig(
+            multipart_threshold=multipart_threshold,
+            multipart_chunksize=multipart_chunksize,
+            max_concurrency=max_concurrency,
+            max_io_queue=64,
+        )
+        self._extra: dict[str, str] = {}
+        if settings.S3_SSE:
+            self._extra["ServerSideEncryption"] = settings.S3_SSE
+        if settings.S3_SSE_KMS_KEY_ID:
+            self._extra["SSEKMSKeyId"] = settings.S3_SSE_KMS_KEY_ID
+        if settings.S3_STORAGE_CLASS:
+            self._extra["StorageClass"] = settings.S3_STORAGE_CLASS
+
+    def __repr__(self) -> str:
+        return f"S3Storage({self.url()!r})"
+
+    def url(self, name: str = "") -> str:
+        return f"s3://{self.bucket}/{self.prefix}{name}"
+
+    def _key(self, name: str) -> str:
+        return self.prefix + validate_name(name)
+
+    # --- errors -------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _errors(self, action: str, name: str | None = None) -> Iterator[None]:
+        try:
+            yield
+        except ClientError as exc:
+            raise self._client_error(exc, action, name) from None
+        except Exception as exc:
+            cause = _boto_cause(exc)
+            if cause is None:
+                raise
+            if isinstance(cause, ClientError):
+                raise self._client_error(cause, action, name) from None
+            if isinstance(cause, (NoCredentialsError, PartialCredentialsError)):
+                raise StorageError(f"S3 {action} failed: no AWS credentials found", hint=_CRED_HINT) from None
+            if isinstance(cause, BotoConnectionError):
+                raise StorageError(
+                    f"S3 {action} failed: cannot reach {_safe_url(self.endpoint)} ({type(cause).__name__})",
+                    hint="Check S3_ENDPOINT_URL, S3_REGION and the network; the request was retried.",
+                ) from None
+            raise StorageError(f"S3 {action} failed: {type(cause).__name__}", hint="Check the S3 settings.") from None
+
+    def _client_error(self, exc: ClientError, action: str, name: str | None) -> Exception:
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", ""))
+        # Only the service's code and message: never the request, which carries the signature.
+        detail = f"{code}: {err.get('Message') or 'no message'}"
+        if code == "NoSuchBucket" or (code in _NOT_FOUND and not self._bucket_exists()):
+            return StorageError(
+                f"S3 bucket {self.bucket!r} does not exist at {_safe_url(self.endpoint)}",
+                hint="Check S3_BUCKET_NAME and S3_ENDPOINT_URL (and create the bucket first).",
+            )
+        if code in _NOT_FOUND:
+            return NotFoundError(
+                f"no backup {name!r} in {self.url()}" if name else f"not found in {self.url()}",
+                hint="See `backupctl list-s3` for the backups in the bucket.",
+            )
+        if code in _DENIED:
+            return StorageError(f"S3 {action} denied on {self.url()} ({detail})", hint=_CRED_HINT)
+        return StorageError(f"S3 {action} failed on {self.url(name or '')} ({detail})")
+
+    def _bucket_exists(self) -> bool:
+        # HEAD on a key answers a bare 404 both for a missing key and a missing bucket; ask the bucket.
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+            return True
+        except ClientError as exc:
+            return str(exc.response.get("Error", {}).get("Code")) not in {"404", "NoSuchBucket", "NotFound"}
+        except Exception:
+            return True
+
+    # --- the Storage protocol -----------------------------------------------------------------------------
+
+    def _head(self, name: str) -> dict:
+        with self._errors("head", name):
+            return self._client.head_object(Bucket=self.bucket, Key=self._key(name))
+
+    def _info(self, name: str, size: int, meta: dict[str, str]) -> BackupInfo:
+        return BackupInfo(
+            name=name,
+            size=size,
+            created_at=parse_name(name)[0],
+            sha256=meta.get("sha256"),
+            migration_version=meta.get("migration-version"),
+            location=self.kind,
+        )
+
+    def list(self) -> list[BackupInfo]:
+        found: list[tuple[str, int]] = []
+        with self._errors("list"):
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
+            for page in pages:
+                for obj in page.get("Contents", []):
+                    name = obj["Key"][len(self.prefix) :]
+                    if parse_name(name) is not None:  # nested keys contain "/" and never parse
+                        found.append((name, obj["Size"]))
+
+        def detail(item: tuple[str, int]) -> BackupInfo | None:
+            # Listings carry no user metadata; a HEAD per backup fetches the checksum and migration version.
+            try:
+                return self._info(item[0], item[1], self._head(item[0]).get("Metadata", {}))
+            except NotFoundError:  # deleted since the listing
+                return None
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            infos = [i for i in pool.map(detail, found) if i is not None]
+        return sorted(infos, key=lambda i: parse_name(i.name), reverse=True)
+
+    def put(self, local_path: Path, progress: ProgressFn | None = None) -> BackupInfo:
+        src = Path(local_path)
+        name = validate_name(src.name)
+        try:
+            size = src.stat().st_size
+            digest = sha256_file(src)
+        except FileNotFoundError as exc:
+            raise NotFoundError(f"file not found: {src}") from exc
+        except OSError as exc:
+            raise StorageError(f"cannot read {src}: {exc.strerror}") from exc
+        recorded = read_sidecar(src)
+        if recorded is not None and recorded != digest:
+            # Uploading would give a damaged file a fresh, matching checksum.
+            raise IntegrityError(f"checksum mismatch for {name}: the file differs from its sidecar; not uploaded")
+        version = local.header_migration_version(src)
+        meta = {"sha256": digest}
+        if version and version.isascii() and len(version) <= 256:
+            meta["migration-version"] = version
+        counter = _ProgressCounter("upload", size, progress)
+        with self._errors("upload", name):
+            self._client.upload_file(
+                str(src),
+                self.bucket,
+                self._key(name),
+                ExtraArgs={"Metadata": meta, "ContentType": "application/gzip", **self._extra},
+                Callback=counter,
+                Config=self._transfer,
+            )
+        counter.flush()
+        return self._info(name, size, meta)
+
+    def get(self, name: str, dest_dir: Path, progress: ProgressFn | None = None) -> Path:
+        head = self._head(name)
+        expected = head.get("Metadata", {}).get("sha256")
+        dest_dir = Path(dest_dir)
+        dest = dest_dir / name
+        counter = _ProgressCounter("download", head.get("ContentLength"), progress)
+        try:
+            dest_dir.mkdir(parents=True, exist_ok=True)
+            with local.atomic_target(dest) as tmp:
+                with open(tmp, "wb") as f:
+                    with self._errors("download", name):
+                        self._client.download_fileobj(
+                            self.bucket, self._key(name), f, Callback=counter, Config=self._transfer
+                        )
+                    f.flush()
+                    os.fsync(f.fileno())
+                counter.flush()
+                # Parts arrive out of order, so the hash is taken from the finished file rather than the stream.
+                digest = sha256_file(tmp)
+                if expected is not None and digest != expected:
+                    raise local.mismatch(name, expected, digest)
+            if expected is not None:
+                write_sidecar(dest, expected)
+        except OSError as exc:
+            raise StorageError(f"cannot write {name} to {dest_dir}: {exc.strerror}") from exc
+        return dest
+
+    def open(self, name: str) -> BinaryIO:
+        with self._errors("read", name):
+            return self._client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
+
+    def delete(self, name: str) -> None:
+        with self._errors("delete", name):
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+
+    def checksum(self, name: str) -> str | None:
+        return self._head(name).get("Metadata", {}).get("sha256")
+
+    def exists(self, name: str) -> bool:
+        try:
+            self._head(name)
+            return True
+        except NotFoundError:
+            return False
