@@ -67,7 +67,8 @@ def upload_cmd(file: str, local: bool, no_wait: bool) -> None:
     """Upload FILE (a backup name in BACKUP_DIR, or a path) to S3 with its SHA-256."""
     result = run_job("upload", {"file": file}, local=local, no_wait=no_wait)
     if result is not None:
-        click.echo(f"Uploaded {result['source']} to {result['url']} ({_size(result['size'])}, sha256 {result['sha256']})")
+        size, digest = _size(result["size"]), result["sha256"]
+        click.echo(f"Uploaded {result['source']} to {result['url']} ({size}, sha256 {digest})")
 
 
 @cli.command("download")
@@ -96,9 +97,12 @@ def _database_name(url: str) -> str:
 def confirm_restore(database_url: str | None, yes: bool) -> None:
     if yes:
         return
-    question = f"Restore into database {_database_name(database_url or get_settings().database_url)}? This replaces its data."
+    database = _database_name(database_url or get_settings().database_url)
+    question = f"Restore into database {database}? This replaces its data."
     if not sys.stdin.isatty():
-        raise AbortedError(f"not restoring without confirmation ({question})", hint="pass --yes to confirm without a terminal")
+        raise AbortedError(
+            f"not restoring without confirmation ({question})", hint="pass --yes (stdin is not a terminal)"
+        )
     if not click.confirm(question, default=False):
         raise AbortedError("restore cancelled; nothing was changed")
 

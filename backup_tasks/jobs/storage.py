@@ -76,7 +76,8 @@ def download(*, name: str, progress: ProgressFn = no_progress) -> dict[str, Any]
     path = storage.get(name, get_settings().BACKUP_DIR, progress=progress)
     # get() verified the bytes against the recorded checksum and wrote it as the sidecar, if there was one.
     checksum = "ok" if read_sidecar(path) else "missing"
-    return {"name": name, "path": str(path), "size": path.stat().st_size, "url": storage.url(name), "checksum": checksum}
+    size = path.stat().st_size
+    return {"name": name, "path": str(path), "size": size, "url": storage.url(name), "checksum": checksum}
 
 
 @contextmanager
@@ -103,7 +104,9 @@ def restore_s3(
     from . import db
 
     with _downloaded(name, progress) as (path, source):
-        result = db.restore_file(str(path), database_url=database_url, dry_run=dry_run, tables=tables, progress=progress)
+        result = db.restore_file(
+            str(path), database_url=database_url, dry_run=dry_run, tables=tables, progress=progress
+        )
     return {**result, "source": source}
 
 

@@ -1,0 +1,105 @@
+"""Database jobs: create, diff, restore, verify. JSON-safe arguments in, JSON-safe dicts out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..core import calculate_diff, restore_backup, run_backup, verify_backup
+from ..errors import NotFoundError, UsageError
+from ..names import is_backup_name
+from ..pg.connection import describe_target
+from ..progress import ProgressFn
+from ..settings import get_settings
+from . import job
+
+
+def resolve_backup_file(file: str, *, allow_paths: bool = True) -> Path:
+    """A bare backup name is looked up in BACKUP_DIR; anything else is a path (only where allow_paths).
+
+    Jobs that arrive through the queue pass allow_paths=False: a worker reads nothing outside BACKUP_DIR.
+    """
+    if not isinstance(file, str) or not file:
+        raise UsageError("no backup file given", hint="Give a backup name (see `backupctl list`) or a path.")
+    backup_dir = get_settings().BACKUP_DIR
+    if is_backup_name(file):
+        path = backup_dir / file
+        if path.is_file() or not allow_paths:
+            if not path.is_file():
+                raise NotFoundError(f"no backup named {file} in {backup_dir}",
+                                    hint="See `backupctl list`; download it first if it is on S3.")
+            return path
+    if not allow_paths:
+        candidate = Path(file).resolve()
+        root = backup_dir.resolve()
+        if root not in candidate.parents or not is_backup_name(candidate.name):
+            raise UsageError(f"refusing {file!r}: jobs on a worker only read backups in BACKUP_DIR by name",
+                             hint="Pass the backup's name, e.g. backup_20251101_123456.backup.gz.")
+        path = candidate
+    else:
+        path = Path(file)
+    if not path.is_file():
+        raise NotFoundError(f"backup file not found: {file}",
+                            hint=f"Give a path, or a name from `backupctl list` (looked up in {backup_dir}).")
+    return path
+
+
+def _url(database_url: str | None) -> str:
+    return database_url or get_settings().database_url
+
+
+def _target(database_url: str | None) -> dict[str, str]:
+    name, host = describe_target(_url(database_url))
+    return {"target_database": name, "target_host": host}
+
+
+@job("create")
+def create(*, progress: ProgressFn, output_dir: str | None = None, database_url: str | None = None,
+           upload: bool = False) -> dict[str, Any]:
+    result = run_backup(Path(output_dir) if output_dir else None, database_url=database_url, progress=progress)
+    out = result.model_dump(mode="json")
+    if upload:
+        from .storage import upload as upload_job
+
+        out["upload"] = upload_job(file=result.path, progress=progress)
+    return out
+
+
+@job("diff")
+def diff(*, progress: ProgressFn, file: str, database_url: str | None = None, detailed: bool = True,
+         tables: list[str] | None = None, allow_paths: bool = True) -> dict[str, Any]:
+    path = resolve_backup_file(file, allow_paths=allow_paths)
+    summary = calculate_diff(path, database_url=database_url, detailed=detailed, progress=progress, tables=tables)
+    return {**summary.model_dump(mode="json"), **_target(database_url), "file": str(path),
+            "backup_database": _backup_database(path)}
+
+
+def _backup_database(path: Path) -> str | None:
+    from ..archive.reader import read_metadata
+
+    return read_metadata(path).database_name
+
+
+def restore_file(path: str, *, progress: ProgressFn, database_url: str | None = None, dry_run: bool = False,
+                 tables: list[str] | None = None, show_diff: bool = True) -> dict[str, Any]:
+    result = restore_backup(Path(path), show_diff=show_diff, database_url=database_url, dry_run=dry_run,
+                            tables=tables, progress=progress)
+    return {**result.model_dump(mode="json"), **_target(database_url), "file": str(path)}
+
+
+@job("restore")
+def restore(*, progress: ProgressFn, file: str, database_url: str | None = None, dry_run: bool = False,
+            tables: list[str] | None = None, show_diff: bool = True, allow_paths: bool = True) -> dict[str, Any]:
+    path = resolve_backup_file(file, allow_paths=allow_paths)
+    return restore_file(str(path), progress=progress, database_url=database_url, dry_run=dry_run, tables=tables,
+                        show_diff=show_diff)
+
+
+def verify_file(path: str, *, progress: ProgressFn) -> dict[str, Any]:
+    return verify_backup(Path(path), progress=progress).model_dump(mode="json")
+
+
+@job("verify")
+def verify(*, progress: ProgressFn, file: str, allow_paths: bool = True) -> dict[str, Any]:
+    path = resolve_backup_file(file, allow_paths=allow_paths)
+    return {**verify_file(str(path), progress=progress), "file": str(path)}
