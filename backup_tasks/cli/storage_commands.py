@@ -6,18 +6,19 @@ failures are BackupErrors, printed by cli/errors.py.
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
 import click
 
-from ..errors import AbortedError, StorageError
+from ..errors import StorageError
 from ..names import validate_name
 from ..settings import get_settings
 from . import cli
 from .common import database_option, job_options, run_job
+from .db_commands import confirm_restore
+from .render import render_diff, render_restore
 
 
 def _size(n: int) -> str:
@@ -94,19 +95,6 @@ def _database_name(url: str) -> str:
     return "?"
 
 
-def confirm_restore(database_url: str | None, yes: bool) -> None:
-    if yes:
-        return
-    database = _database_name(database_url or get_settings().database_url)
-    question = f"Restore into database {database}? This replaces its data."
-    if not sys.stdin.isatty():
-        raise AbortedError(
-            f"not restoring without confirmation ({question})", hint="pass --yes (stdin is not a terminal)"
-        )
-    if not click.confirm(question, default=False):
-        raise AbortedError("restore cancelled; nothing was changed")
-
-
 @cli.command("restore-s3")
 @click.argument("name")
 @click.option("--dry-run", is_flag=True, help="Show what would change; do not touch the database.")
@@ -119,22 +107,22 @@ def restore_s3_cmd(
 ) -> None:
     """Download backup NAME from S3 to a temp file, verify it, restore it, and remove the temp file."""
     validate_name(name)
+    click.echo(f"Restoring from S3 backup: {name}")
     if not dry_run:
-        confirm_restore(database_url, yes)
+        # Asked before the download: the same question, and the same refusal without a terminal, as `restore`.
+        confirm_restore(_database_name(database_url or get_settings().database_url), None, yes)
     kwargs = {"name": name, "dry_run": dry_run, "database_url": database_url, "tables": list(tables) or None}
     result = run_job("restore_s3", kwargs, local=local, no_wait=no_wait)
     if result is None:
         return
-    click.echo(f"Restored from {result['source']['url']} (sha256 {result['source']['sha256'] or 'not recorded'})")
-    for table, d in ((result.get("diff") or {}).get("tables") or {}).items():
-        click.echo(f"  {table}: {d['current_rows']} → {d['backup_rows']} ({d['diff']:+d})")
-    if result.get("dry_run"):
-        click.echo("Dry run: nothing was changed.")
+    sha = result["source"]["sha256"]
+    click.echo(f"Downloaded {result['source']['url']} ({f'sha256 {sha} verified' if sha else 'no sha256 recorded'})")
+    if dry_run:
+        render_diff(result["diff"])
+        click.echo("")
+        click.echo(result["message"])
     else:
-        click.echo(
-            result.get("message")
-            or f"Restore completed: {result.get('restored_tables', 0)} tables, {result.get('restored_rows', 0)} rows"
-        )
+        render_restore(result)
 
 
 @cli.command("cleanup")
