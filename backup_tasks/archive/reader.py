@@ -240,6 +240,16 @@ def _make_header(key: Any, obj: Any, name: str) -> TableHeader:
     return TableHeader(key, schema, tname, list(columns), types, row_count)
 
 
+class RowBatch(list):
+    """A batch of rows that also carries its source lines, so a loader can reuse them when they are canonical."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, rows: list, raw: bytes | None):
+        super().__init__(rows)
+        self.raw = raw
+
+
 class TableRows:
     """One table's header and its rows in batches. Iterate `batches()` fully before asking for the next table."""
 
@@ -397,7 +407,7 @@ class BackupReader:
                 _check_rows(rows, header, done)
                 done += len(rows)
                 state["rows"], state["comma"] = done, comma_pending
-                yield rows
+                yield RowBatch(rows, body)
             if trailer_next:
                 break
         if comma_pending:

@@ -11,6 +11,8 @@ from typing import Any, Sequence
 import orjson
 from isal import igzip_threaded
 
+from .rowjson import dump_rows
+
 
 class _CountingFile(io.RawIOBase):
     """Raw sink that hashes and counts the compressed bytes on their way to disk."""
@@ -71,8 +73,7 @@ class ArchiveWriter:
     def write_rows(self, rows: Sequence[Any]) -> int:
         if not rows:
             return 0
-        # One JSON row per line: JSON escapes every newline inside values, so lines and rows coincide.
-        lines = b",\n".join(map(orjson.dumps, rows))
+        lines = dump_rows(rows)  # one JSON row per line
         count = len(rows)
         self._write((b",\n" if self._rows_in_table else b"") + lines)
         self._rows_in_table += count

@@ -19,7 +19,7 @@ from ..errors import DatabaseError
 from ..models import DiffSummary, TableDiff
 from ..pg.catalog import Table, read_catalog, read_migration_version
 from ..pg.connection import connection, pg_error_message
-from ..pg.copy_in import TableLoad, copy_statement, encode_rows, kind_for, run_copy_pipeline
+from ..pg.copy_in import TableLoad, copy_statement, encode_rows, run_copy_pipeline
 from ..progress import Progress, ProgressFn, Throttle
 from ..settings import get_settings
 
@@ -127,16 +127,17 @@ def _detailed(cur, path: Path, db_tables: dict[str, Table], selected, max_line: 
                     continue
                 temp = sql.Identifier(f"backup_tasks_diff_{len(temps)}")
                 cols = {c.name: c for c in table.columns}
-                cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
+                # Created by the same statement as its COPY, in the thread that runs the COPYs: this generator
+                # runs in the producer thread, where a statement would interrupt the previous table's COPY.
+                create = sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
                     temp, sql.SQL(", ").join(
-                        sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(cols[n].type_name)) for n in header.columns)))
+                        sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(cols[n].type_name)) for n in header.columns))
                 temps[header.key] = (table, temp)
-                kinds = [kind_for(cols[n].type_oid) for n in header.columns]
-                load = TableLoad(header.key, copy_statement(temp, header.columns))
+                load = TableLoad(header.key, sql.SQL("{}; {}").format(create, copy_statement(temp, header.columns)))
 
-                def chunks(table_rows=table_rows, load=load, kinds=kinds, header=header):
+                def chunks(table_rows=table_rows, load=load, header=header):
                     for batch in table_rows.batches():
-                        data = encode_rows(batch, kinds, header.key, header.columns)
+                        data = encode_rows(batch, len(header.columns))
                         load.rows += len(batch)
                         yield data, (header.key, load.rows)
 

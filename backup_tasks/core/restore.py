@@ -15,7 +15,7 @@ from ..models import RestoredTable, RestoreResult
 from ..pg import restore_ops as ops
 from ..pg.catalog import read_catalog, read_migration_version
 from ..pg.connection import connection, pg_error_message
-from ..pg.copy_in import TableLoad, copy_statement, encode_rows, kind_for, run_copy_pipeline
+from ..pg.copy_in import TableLoad, copy_statement, encode_rows, run_copy_pipeline
 from ..progress import Progress, ProgressFn, Throttle
 from ..settings import get_settings
 from .diff import calculate_diff
@@ -73,7 +73,9 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
             triggers = ops.disable_user_triggers(cur, catalog, targets)
             saved_fks = ops.drop_foreign_keys(cur, fks)
             ops.truncate(cur, targets)
-            has_alembic = ops.set_migration_version(cur, catalog.alembic, meta.migration_version)
+            # A partial restore (`tables=`) leaves every other table as it is, so the database as a whole is
+            # not at the backup's migration version: only a full restore adjusts alembic_version.
+            has_alembic = (not tables) and ops.set_migration_version(cur, catalog.alembic, meta.migration_version)
 
             restored: list[RestoredTable] = []
             with BackupReader(path, settings.BACKUP_MAX_LINE_BYTES) as reader:
@@ -135,12 +137,11 @@ def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents) ->
             raise InvalidBackupError(f"{reader.path.name}: table {header.key!r} has other columns than the "
                                      "metadata lists")
         db_cols = {c.name: c for c in target.table.columns}
-        kinds = [kind_for(db_cols[c].type_oid) for c in header.columns]
         load = TableLoad(header.key, copy_statement(target.table.ident, header.columns))
 
-        def chunks(table=table, load=load, kinds=kinds, header=header) -> Iterator[tuple[bytes, Any]]:
+        def chunks(table=table, load=load, header=header) -> Iterator[tuple[bytes, Any]]:
             for batch in table.batches():
-                data = encode_rows(batch, kinds, header.key, header.columns)
+                data = encode_rows(batch, len(header.columns))
                 load.rows += len(batch)
                 yield data, (header.key, load.rows)
 

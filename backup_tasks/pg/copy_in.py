@@ -1,82 +1,39 @@
 """Loading rows with COPY FROM STDIN, fed by a producer thread.
 
 The producer parses the backup and encodes CSV while psycopg2 sends the previous chunk with the GIL released,
-so parsing and the server's work overlap. CSV is written by the csv module (C): strings are always quoted,
-numbers and the NULL marker never are, so NULL and '' stay distinct.
+so parsing and the server's work overlap. The CSV is the backup's own JSON lines, minus brackets
+(archive/rowjson.py): strings stay quoted, so NULL (bare null) and '' ("") stay distinct.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import queue
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
+import psycopg2
 from psycopg2 import sql
 
-from ..errors import InvalidBackupError
+from ..archive.rowjson import dump_rows, is_canonical, lines_to_csv
 
 CHUNK_BYTES = 1 << 20
-
-
-class _Null:
-    """Written unquoted as \\N by csv.QUOTE_NONNUMERIC (it counts as a number), which COPY reads as NULL."""
-
-    __slots__ = ()
-
-    def __index__(self) -> int:
-        return 0
-
-    def __str__(self) -> str:
-        return "\\N"
-
-
-NULL = _Null()
-_NoneType = type(None)
-
-# What a value in the file may be, by the kind of column it goes to. The writer stores booleans as JSON
-# booleans, integers as JSON integers, text as strings and every other type as PostgreSQL's text form;
-# numbers are accepted for other types so files written by other implementations of the seed still load.
-KIND_BOOL = frozenset({bool, _NoneType})
-KIND_INT = frozenset({int, _NoneType})
-KIND_TEXT = frozenset({str, _NoneType})
-KIND_OTHER = frozenset({str, int, float, _NoneType})
-_KIND_BY_OID = {16: KIND_BOOL, 20: KIND_INT, 21: KIND_INT, 23: KIND_INT, 25: KIND_TEXT, 1042: KIND_TEXT,
-                1043: KIND_TEXT}
-_KIND_NAMES = {KIND_BOOL: "boolean", KIND_INT: "integer", KIND_TEXT: "string", KIND_OTHER: "string"}
-
-
-def kind_for(type_oid: int) -> frozenset:
-    return _KIND_BY_OID.get(type_oid, KIND_OTHER)
 
 
 def copy_statement(ident: sql.Composable, columns: list[str]) -> sql.Composable:
     if not columns:
         return sql.SQL("COPY {} FROM STDIN").format(ident)  # zero-column table: one empty line per row
-    return sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, NULL '\\N')").format(
+    return sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, NULL 'null', ESCAPE '\\')").format(
         ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
 
 
-def encode_rows(rows: list[list[Any]], kinds: list[frozenset], table: str, columns: list[str]) -> bytes:
-    if not kinds:
+def encode_rows(rows: list[list[Any]], ncolumns: int) -> bytes:
+    """A batch of rows as COPY input. Values are checked by PostgreSQL's own input function for each column;
+    a number or boolean given for a text column is stored as its JSON text (documented in the README)."""
+    if not ncolumns:
         return b"\n" * len(rows)
-    cols = list(zip(*rows))  # column-wise, so checks and NULL substitution run in C-speed passes
-    for i, col in enumerate(cols):
-        found = set(map(type, col))
-        if not found <= kinds[i]:
-            odd = sorted(t.__name__ for t in found - kinds[i])
-            raise InvalidBackupError(
-                f"table {table!r} column {columns[i]!r}: found {', '.join(odd)} values where "
-                f"{_KIND_NAMES[kinds[i]]} values were expected")
-        if _NoneType in found:
-            cols[i] = [NULL if v is None else v for v in col]
-    out = io.StringIO()
-    csv.writer(out, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n").writerows(zip(*cols))
-    try:
-        return out.getvalue().encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidBackupError(f"table {table!r}: a value is not valid Unicode text") from None
+    raw = getattr(rows, "raw", None)
+    lines = raw if raw is not None and is_canonical(rows, raw) else dump_rows(rows)
+    return lines_to_csv(lines)
 
 
 class _QueueReader:
@@ -88,6 +45,7 @@ class _QueueReader:
         self._q = q
         self._on_chunk = on_chunk
         self.ended = False
+        self.error: BaseException | None = None  # what the producer raised, if anything
 
     def read(self, size: int = -1) -> bytes:
         if self.ended:
@@ -95,6 +53,7 @@ class _QueueReader:
         item = self._q.get()
         if isinstance(item, BaseException):
             self.ended = True
+            self.error = item
             raise item
         if item is None:
             self.ended = True
@@ -171,7 +130,16 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
             if isinstance(item, BaseException):
                 raise item
             reader = _QueueReader(q, on_chunk)
-            cur.copy_expert(item.statement, reader, size=CHUNK_BYTES)
+            try:
+                cur.copy_expert(item.statement, reader, size=CHUNK_BYTES)
+            except psycopg2.Error:
+                # psycopg2 turns an exception raised by read() into a generic "COPY from stdin failed: error in
+                # .read() call" database error, which callers would report as a failed statement. When the
+                # producer failed (a corrupt or invalid file), raise its own exception so it keeps its type
+                # (InvalidBackupError) and message.
+                if reader.error is not None:
+                    raise reader.error from None
+                raise
             if not reader.ended:
                 # COPY finished without reading the end marker: drain to keep producer and consumer in step.
                 while reader.read():
