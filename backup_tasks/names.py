@@ -13,7 +13,7 @@ from .errors import UsageError
 
 SUFFIX = ".backup.gz"
 CHECKSUM_SUFFIX = ".sha256"
-_NAME_RE = re.compile(r"^backup_(\d{8})_(\d{6})(?:_(\d{1,4}))?\.backup\.gz$")
+_NAME_RE = re.compile(r"backup_(\d{8})_(\d{6})(?:_(\d{1,4}))?\.backup\.gz")
 
 
 def make_name(when: datetime, sequence: int = 0) -> str:
@@ -24,7 +24,7 @@ def make_name(when: datetime, sequence: int = 0) -> str:
 
 def parse_name(name: str) -> tuple[datetime, int] | None:
     """(creation time in UTC, sequence) for a valid backup name, else None."""
-    m = _NAME_RE.match(name)
+    m = _NAME_RE.fullmatch(name)  # fullmatch: `$` would accept a trailing newline
     if not m:
         return None
     try:
