@@ -15,6 +15,11 @@ from ..errors import InvalidBackupError
 _BATCH = 2000
 
 
+def _first_line(exc: BaseException) -> str:
+    """yajl's messages span several lines with a caret diagram; errors here are one line."""
+    return (str(exc).strip().splitlines() or ["?"])[0][:120]
+
+
 def _bad(message: str) -> InvalidBackupError:
     return InvalidBackupError(message)
 
@@ -32,9 +37,9 @@ class GenericParser:
         try:
             yield from events
         except ijson.common.IncompleteJSONError as exc:
-            raise _bad(f"{self.name} is not valid JSON ({str(exc).strip()[:120]})") from None
+            raise _bad(f"{self.name} is truncated or not valid JSON ({_first_line(exc)})") from None
         except ijson.common.JSONError as exc:
-            raise _bad(f"{self.name} is not valid JSON ({str(exc).strip()[:120]})") from None
+            raise _bad(f"{self.name} is not valid JSON ({_first_line(exc)})") from None
         except UnicodeDecodeError:
             raise _bad(f"{self.name} is not UTF-8 JSON") from None
 
