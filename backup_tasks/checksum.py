@@ -46,3 +46,16 @@ def read_sidecar(path: Path) -> str | None:
     if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
         return digest
     return None
+
+
+def check_recorded(path: Path) -> str | None:
+    """Compare the file with its recorded SHA-256 (if one was recorded); raise IntegrityError on a mismatch."""
+    from .errors import IntegrityError
+
+    recorded = read_sidecar(path)
+    if recorded is None:
+        return None
+    actual = sha256_file(path)
+    if actual != recorded:
+        raise IntegrityError(f"{path.name}: SHA-256 {actual} differs from the recorded {recorded}")
+    return actual

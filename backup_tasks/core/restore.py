@@ -9,6 +9,7 @@ from typing import Any, Iterator
 import psycopg2
 from psycopg2 import sql
 
+from ..checksum import check_recorded
 from ..archive.reader import BackupReader, Contents, read_contents_fast, scan
 from ..errors import BackupError, InvalidBackupError, RestoreError, SchemaMismatchError, UsageError
 from ..models import RestoredTable, RestoreResult
@@ -39,6 +40,8 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
     url = database_url or settings.database_url
     path = Path(backup_path)
     started = time.monotonic()
+    if path.is_file():
+        check_recorded(path)  # a file changed since it was written is refused before the database is touched
     contents = load_contents(path, settings.BACKUP_MAX_LINE_BYTES)
     meta = contents.metadata
     if tables is not None and not tables:
@@ -65,7 +68,7 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
             sequences = _sequences_to_restore(cur, contents, plan, tables)
             before = read_migration_version(cur, catalog.alembic)
             targets = plan.targets
-            ancestors = ops.partition_ancestors(cur, targets)
+            ancestors = ops.partition_ancestors(cur, catalog.tables)  # all tables: see relevant_foreign_keys
             fks, coverage = ops.relevant_foreign_keys(catalog, targets, ancestors)
             if tables:
                 _refuse_broken_references(cur, coverage)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..checksum import read_sidecar
-from ..errors import NotFoundError, UsageError
+from ..errors import UsageError
 from ..names import validate_name
 from ..progress import ProgressFn, no_progress
 from ..retention import RetentionPolicy, apply_policy
@@ -47,22 +47,12 @@ def list_s3(*, progress: ProgressFn = no_progress) -> dict[str, Any]:
     return {"location": "s3", "where": storage.url(), "backups": [info_dict(i) for i in storage.list()]}
 
 
-def _local_file(file: str) -> Path:
-    """A bare backup name means the file in BACKUP_DIR; anything else is a path to a backup file."""
-    path = Path(file)
-    if path.name == file:
-        in_dir = get_settings().BACKUP_DIR / file
-        if in_dir.is_file() or not path.is_file():
-            path = in_dir
-    validate_name(path.name)  # the object is stored under the file's own name
-    if not path.is_file():
-        raise NotFoundError(f"file not found: {path}", hint="See `backupctl list` for the backups in BACKUP_DIR.")
-    return path
-
-
 @job("upload")
-def upload(*, file: str, progress: ProgressFn = no_progress) -> dict[str, Any]:
-    path = _local_file(file)
+def upload(*, file: str, progress: ProgressFn = no_progress, allow_paths: bool = True) -> dict[str, Any]:
+    from .db import resolve_backup_file
+
+    path = resolve_backup_file(file, allow_paths=allow_paths)
+    validate_name(path.name)  # the object is stored under the file's own name
     storage = s3_storage()
     # The local file is only read: a failed upload leaves it exactly as it was.
     info = storage.put(path, progress=progress)
