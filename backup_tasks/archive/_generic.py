@@ -6,6 +6,7 @@ table's header are held at a time.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any, Callable, Iterator
 
 import ijson
@@ -20,6 +21,17 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or ["?"])[0][:120]
 
 
+def _number(value: Any) -> Any:
+    """A JSON number as the rest of the reader expects it: an int when it fits in 64 bits, otherwise the
+    number's own text (a Decimal keeps the digits as written: `1.10` stays `1.10`, not the float 1.1). PostgreSQL
+    parses that text with the column's input function, exactly as it would parse the number."""
+    if type(value) is int:
+        return value if -(1 << 63) <= value < (1 << 63) else str(value)
+    if isinstance(value, Decimal):
+        return str(value)
+    return value
+
+
 def _bad(message: str) -> InvalidBackupError:
     return InvalidBackupError(message)
 
@@ -27,7 +39,10 @@ def _bad(message: str) -> InvalidBackupError:
 class GenericParser:
     def __init__(self, source, name: str, make_header: Callable[[Any, Any], Any]):
         self.name = name
-        self._events = self._wrap(ijson.basic_parse(source, use_float=True))
+        # use_float=False: with use_float=True ijson's C backend (yajl) parses integers as C long long and
+        # rejects -9223372036854775808 (int8's minimum) and any larger integer with "integer overflow", so a
+        # valid file holding them could not be restored. Numbers come back as int / Decimal; _number() maps them.
+        self._events = self._wrap(ijson.basic_parse(source, use_float=False))
         self._make_header = make_header
         self.metadata: Any = None
         self._pending_key: str | None = None
@@ -66,6 +81,8 @@ class GenericParser:
                 arr.append(self._build(ev, val))
         if event in ("end_map", "end_array", "map_key"):
             raise _bad(f"{self.name} is not valid JSON")
+        if event == "number":
+            return _number(value)
         return value
 
     def _start(self) -> None:

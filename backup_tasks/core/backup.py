@@ -18,7 +18,7 @@ from ..errors import DatabaseError, StorageError
 from ..models import BackupMetadata, BackupResult, SequenceState, TableReport, TableSchema
 from ..names import make_name
 from ..pg.catalog import read_catalog, read_migration_version, read_sequence_states, server_version
-from ..pg.connection import connection, describe_target, pg_error_message
+from ..pg.connection import connection, describe_target, pg_error_message, privilege_hint
 from ..pg.snapshot import END, begin_snapshot, iter_table_batches, lock_tables
 from ..progress import Progress, ProgressFn, Throttle
 from ..settings import get_settings
@@ -58,7 +58,8 @@ def run_backup(output_dir: Path | None = None, *, database_url: str | None = Non
             sequences = read_sequence_states(cur, catalog.sequences)
             version = server_version(cur)
         except psycopg2.Error as exc:
-            raise DatabaseError(f"cannot start the backup: {pg_error_message(exc)}") from None
+            raise DatabaseError(f"cannot start the backup: {pg_error_message(exc)}",
+                                hint=privilege_hint(exc)) from None
 
         taken_at = taken_at.astimezone(timezone.utc)
         _, host = describe_target(url)

@@ -18,7 +18,7 @@ from ..archive.reader import BackupReader, Contents, scan
 from ..errors import DatabaseError
 from ..models import DiffSummary, TableDiff
 from ..pg.catalog import Table, read_catalog, read_migration_version
-from ..pg.connection import connection, pg_error_message
+from ..pg.connection import connection, pg_error_message, privilege_hint
 from ..pg.copy_in import TableLoad, copy_statement, encode_rows, run_copy_pipeline
 from ..progress import Progress, ProgressFn, Throttle
 from ..settings import get_settings
@@ -48,7 +48,7 @@ def calculate_diff(backup_path: Path, *, database_url: str | None = None, detail
                 contents = scan(path, settings.BACKUP_MAX_LINE_BYTES, on_progress, parse_rows=False)
                 details = {}
         except psycopg2.Error as exc:
-            raise DatabaseError(f"diff failed: {pg_error_message(exc)}") from None
+            raise DatabaseError(f"diff failed: {pg_error_message(exc)}", hint=privilege_hint(exc)) from None
         finally:
             conn.rollback()
     report.flush()

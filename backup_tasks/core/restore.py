@@ -15,7 +15,7 @@ from ..errors import BackupError, InvalidBackupError, RestoreError, SchemaMismat
 from ..models import RestoredTable, RestoreResult
 from ..pg import restore_ops as ops
 from ..pg.catalog import read_catalog, read_migration_version
-from ..pg.connection import connection, pg_error_message
+from ..pg.connection import connection, pg_error_message, privilege_hint
 from ..pg.copy_in import TableLoad, copy_statement, encode_rows, run_copy_pipeline
 from ..progress import Progress, ProgressFn, Throttle
 from ..settings import get_settings
@@ -75,6 +75,7 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
 
             triggers = ops.disable_user_triggers(cur, catalog, targets)
             saved_fks = ops.drop_foreign_keys(cur, fks)
+            saved_checks = ops.drop_unvalidated_checks(cur, targets)
             ops.truncate(cur, targets)
             # A partial restore (`tables=`) leaves every other table as it is, so the database as a whole is
             # not at the backup's migration version: only a full restore adjusts alembic_version.
@@ -98,13 +99,21 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
                     raise InvalidBackupError(f"{path.name} ended before the document was complete")
             report.flush()
             ops.add_foreign_keys(cur, saved_fks)
+            ops.add_foreign_keys(cur, saved_checks)  # same statement shape: ALTER TABLE … ADD CONSTRAINT … NOT VALID
             ops.enable_triggers(cur, triggers)
             # setval is not transactional: it runs last, once nothing else can fail but the commit.
-            ops.set_sequences(cur, sequences)
+            if sequences is None:  # the file records no sequence states: derive them from the restored rows
+                sequences_set = ops.sync_owned_sequences(cur, [p.table for p in plan.loads.values()] + plan.emptied,
+                                                         ancestors)
+            else:
+                ops.set_sequences(cur, sequences)
+                sequences_set = len(sequences)
             conn.commit()
         except psycopg2.Error as exc:
             conn.rollback()
-            raise RestoreError(f"restore failed and was rolled back: {pg_error_message(exc)}") from None
+            hint = privilege_hint(exc)
+            raise RestoreError(f"restore failed and was rolled back: {pg_error_message(exc)}",
+                               hint=f"Nothing was changed. {hint}" if hint else None) from None
         except BaseException:
             conn.rollback()
             raise
@@ -116,7 +125,7 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
         backup_name=path.name, backup_timestamp=meta.timestamp,
         migration_version_before=before,
         migration_version_after=meta.migration_version if has_alembic else before,
-        truncated=[t.key for t in targets], tables=restored, sequences_restored=len(sequences),
+        truncated=[t.key for t in targets], tables=restored, sequences_restored=sequences_set,
         triggers_mode="disabled user triggers during load" if triggers else None,
         diff=diff, duration_s=round(time.monotonic() - started, 3),
     )
@@ -124,13 +133,16 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
 
 def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents) -> Iterator[tuple[TableLoad, Any]]:
     """Runs in the producer thread: each table of the file, checked against the plan, as encoded chunks."""
-    expected = [t.key for t in contents.tables]
-    seen: list[str] = []
+    # The tables may come in any order: JSON objects are unordered, and a file re-serialised by another tool
+    # (sorted keys, say) is still the same document. Every table must be listed in the metadata, exactly once
+    # (the reader refuses duplicate keys), and all of them must be there.
+    expected = {t.key for t in contents.tables}
+    seen: set[str] = set()
     for table in reader.tables():
         header = table.header
-        seen.append(header.key)
-        if len(seen) > len(expected) or expected[len(seen) - 1] != header.key:
-            raise InvalidBackupError(f"{reader.path.name}: table {header.key!r} is not where the metadata lists it")
+        if header.key not in expected:
+            raise InvalidBackupError(f"{reader.path.name}: table {header.key!r} is not listed in its metadata")
+        seen.add(header.key)
         target = plan.loads.get(header.key)
         if target is None:  # not selected with --table: read past it
             for _ in table.batches():
@@ -150,12 +162,17 @@ def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents) ->
 
         yield load, chunks()
     if seen != expected:
-        missing = [k for k in expected if k not in seen]
+        missing = sorted(expected - seen)
         raise InvalidBackupError(f"{reader.path.name} lacks tables its metadata lists: {', '.join(missing[:5])}")
 
 
 def _sequences_to_restore(cur, contents: Contents, plan: RestorePlan,
-                          tables: list[str] | None) -> list[tuple[str, str, int, bool]]:
+                          tables: list[str] | None) -> list[tuple[str, str, int, bool]] | None:
+    """The recorded sequence states to set, or None when the file records none (a file in the seed's bare
+    format, whose metadata has no `sequences` field): then the restore derives them from the restored rows,
+    or the application's next INSERT into a serial or identity column would collide with a restored row."""
+    if "sequences" not in contents.metadata.model_fields_set:
+        return None
     states = [(s.schema_name, s.name, s.last_value, s.is_called) for s in contents.metadata.sequences]
     existing = ops.existing_sequences(cur)
     missing = [f"{s}.{n}" for s, n, _, _ in states if (s, n) not in existing]

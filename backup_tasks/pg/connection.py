@@ -74,4 +74,17 @@ def pg_error_message(exc: psycopg2.Error) -> str:
     return text
 
 
+def privilege_hint(exc: psycopg2.Error) -> str | None:
+    """A hint for errors that come from the role's rights rather than from the database being unreachable.
+
+    Without it such errors got the generic "check DATABASE_URL" hint, which sends the user the wrong way."""
+    code = getattr(exc, "pgcode", None)
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None) or ""
+    if code == "42501" or "row-level security" in primary:
+        return ("The role must read and write every row of every table: use a superuser, the tables' owner, or a "
+                "role with BYPASSRLS. A table with FORCE ROW LEVEL SECURITY applies its policies even to its owner: "
+                "only a superuser or a BYPASSRLS role can back it up or restore it.")
+    return None
+
+
 QuoteIdent = psycopg2.extensions.quote_ident

@@ -25,11 +25,14 @@ def lock_timeout(cur, seconds: float) -> None:
 
 
 def partition_ancestors(cur, tables: list[Table]) -> dict[int, set[int]]:
-    """Each table's partitioned/inheritance ancestors (an FK on a partitioned parent covers its leaves)."""
+    """Each table's partitioned ancestors (an FK on a partitioned parent covers its leaves)."""
     if not tables:
         return {}
+    # pg_partition_ancestors() returns regclass, which psycopg2 hands back as a *name*: cast to oid, or the
+    # sets hold strings that never match an oid and partition ancestry is silently ignored (a --table restore
+    # of a leaf then failed to drop the FK referencing its parent and TRUNCATE errored out).
     cur.execute(
-        "SELECT t.oid, a.relid FROM unnest(%s::oid[]) AS t(oid) "
+        "SELECT t.oid, a.relid::oid FROM unnest(%s::oid[]) AS t(oid) "
         "CROSS JOIN LATERAL pg_partition_ancestors(t.oid) AS a(relid) WHERE a.relid <> t.oid",
         ([t.oid for t in tables],),
     )
@@ -41,12 +44,27 @@ def partition_ancestors(cur, tables: list[Table]) -> dict[int, set[int]]:
 
 def relevant_foreign_keys(catalog: Catalog, restored: list[Table], ancestors: dict[int, set[int]]) -> tuple[
         list[ForeignKey], list[tuple[ForeignKey, bool]]]:
-    """FKs touching the restored tables, and for each whether its referencing side is entirely restored."""
-    covered = {t.oid for t in restored}
+    """FKs touching the restored tables, and for each whether the restore can keep it intact: True unless the
+    referenced side is restored while the referencing side is not entirely restored.
+
+    `ancestors` must cover every table of the catalog (not only the restored ones): a partitioned table counts
+    as entirely restored only when all of its leaves are, so restoring one leaf of a partitioned table does
+    not pass for restoring the whole table.
+    """
+    restored_oids = {t.oid for t in restored}
+    data_tables = {t.oid for t in catalog.tables}
+    touched = set(restored_oids)
     for t in restored:
-        covered |= ancestors.get(t.oid, set())
-    hits = [fk for fk in catalog.foreign_keys if fk.child_oid in covered or fk.parent_oid in covered]
-    return hits, [(fk, fk.child_oid in covered) for fk in hits]
+        touched |= ancestors.get(t.oid, set())
+
+    def entirely_restored(oid: int) -> bool:
+        if oid in data_tables:
+            return oid in restored_oids
+        # A partitioned table: entirely restored when every one of its leaves is.
+        return all(t.oid in restored_oids for t in catalog.tables if oid in ancestors.get(t.oid, ()))
+
+    hits = [fk for fk in catalog.foreign_keys if fk.child_oid in touched or fk.parent_oid in touched]
+    return hits, [(fk, fk.parent_oid not in touched or entirely_restored(fk.child_oid)) for fk in hits]
 
 
 def relation_label(cur, oid: int) -> str:
@@ -68,6 +86,41 @@ def drop_foreign_keys(cur, fks: list[ForeignKey]) -> list[SavedForeignKey]:
         child = sql.Identifier(schema, rel)
         cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(child, sql.Identifier(fk.name)))
         saved.append(SavedForeignKey(child, fk.name, definition, parent_label, child_label))
+    return saved
+
+
+def drop_unvalidated_checks(cur, tables: list[Table]) -> list[SavedForeignKey]:
+    """Drop the CHECK constraints added NOT VALID on the tables (or inherited from their ancestors) and return
+    what re-adds them, still NOT VALID.
+
+    Such a constraint does not hold for rows that predate it, and the database may keep those rows; but COPY
+    checks every incoming row against every CHECK constraint, valid or not, so the restore of a database that
+    held such rows failed. Re-adding with NOT VALID does not scan the table: the table's rows and the
+    constraint's state are both as they were. An inherited constraint is dropped and re-added where it is
+    defined (dropping it from a partition or child is not allowed)."""
+    if not tables:
+        return []
+    cur.execute(
+        """
+        WITH RECURSIVE up(relid) AS (
+            SELECT unnest(%s::oid[])
+            UNION SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid
+        )
+        SELECT DISTINCT n.nspname, c.relname, con.conname, pg_get_constraintdef(con.oid), c.oid::regclass::text
+        FROM pg_constraint con
+        JOIN up ON con.conrelid = up.relid
+        JOIN pg_class c ON c.oid = con.conrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE con.contype = 'c' AND NOT con.convalidated AND con.coninhcount = 0
+        ORDER BY 1, 2, 3
+        """,
+        ([t.oid for t in tables],),
+    )
+    saved: list[SavedForeignKey] = []
+    for schema, rel, name, definition, label in cur.fetchall():
+        table = sql.Identifier(schema, rel)
+        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(table, sql.Identifier(name)))
+        saved.append(SavedForeignKey(table, name, definition, label, label))
     return saved
 
 
@@ -116,6 +169,48 @@ def set_sequences(cur, states: list[tuple[str, str, int, bool]]) -> None:
     for schema, name, last_value, is_called in states:
         cur.execute("SELECT pg_catalog.setval(%s::regclass, %s, %s)",
                     (sql.Identifier(schema, name).as_string(cur), last_value, is_called))
+
+
+def sync_owned_sequences(cur, tables: list[Table], ancestors: dict[int, set[int]]) -> int:
+    """For backups that record no sequence states (files in the seed's bare format): move every sequence owned
+    by a column of the restored tables (serial, identity; on a partitioned or inheritance parent too) just past
+    the values now in that column, or back to its start when there are none, so that the application's next
+    INSERT does not collide with a restored row. Returns how many sequences were set."""
+    oids = {t.oid for t in tables}
+    for t in tables:
+        oids |= ancestors.get(t.oid, set())
+    if not oids:
+        return 0
+    cur.execute(
+        """
+        SELECT DISTINCT sn.nspname, s.relname, tn.nspname, t.relname, a.attname,
+               q.seqincrement, q.seqstart, q.seqmin, q.seqmax
+        FROM pg_depend d
+        JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S'
+        JOIN pg_namespace sn ON sn.oid = s.relnamespace
+        JOIN pg_sequence q ON q.seqrelid = s.oid
+        JOIN pg_class t ON t.oid = d.refobjid
+        JOIN pg_namespace tn ON tn.oid = t.relnamespace
+        JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = d.refobjsubid
+        WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass
+          AND d.deptype IN ('a', 'i') AND d.refobjid = ANY(%s)
+        ORDER BY 1, 2
+        """,
+        (list(oids),),
+    )
+    owned = cur.fetchall()
+    for seq_schema, seq_name, schema, table, column, increment, start, low, high in owned:
+        ascending = increment > 0
+        # Not FROM ONLY: a parent's sequence also numbers its partitions' and inheritance children's rows.
+        cur.execute(sql.SQL("SELECT {}({}) FROM {}").format(
+            sql.SQL("max" if ascending else "min"), sql.Identifier(column), sql.Identifier(schema, table)))
+        value = cur.fetchone()[0]
+        seq = sql.Identifier(seq_schema, seq_name).as_string(cur)
+        if value is None or (value < start if ascending else value > start):
+            cur.execute("SELECT pg_catalog.setval(%s::regclass, %s, false)", (seq, start))
+        else:
+            cur.execute("SELECT pg_catalog.setval(%s::regclass, %s, true)", (seq, min(max(int(value), low), high)))
+    return len(owned)
 
 
 def existing_sequences(cur) -> set[tuple[str, str]]:

@@ -15,7 +15,7 @@ from psycopg2 import sql
 
 from ..errors import DatabaseError
 from .catalog import Table
-from .connection import pg_error_message
+from .connection import pg_error_message, privilege_hint
 
 ITERSIZE = 2000  # measured: 2,000 keeps peak RSS at tens of MB; 50,000 raised it to ~350 MB
 
@@ -87,7 +87,11 @@ def iter_table_batches(conn, tables: list[Table], itersize: int = ITERSIZE) -> I
                 return
             if isinstance(item, BaseException):
                 if isinstance(item, psycopg2.Error):
-                    raise DatabaseError(f"reading rows failed: {pg_error_message(item)}") from None
+                    # privilege_hint: the default hint ("check DATABASE_URL…") misleads when the role may not read
+                    # every row. (With row_security=off PostgreSQL refuses rather than silently returning a
+                    # filtered, incomplete table, as for pg_dump.)
+                    raise DatabaseError(f"reading rows failed: {pg_error_message(item)}",
+                                        hint=privilege_hint(item)) from None
                 raise item
             yield item
     finally:
