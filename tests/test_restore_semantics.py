@@ -453,3 +453,30 @@ def test_restore_into_database_with_columns_in_another_order(shop, make_db, back
     a, b = snapshot(shop), snapshot(other)
     assert {k: a["tables"][k] for k in untouched} == {k: b["tables"][k] for k in untouched}
     assert a["sequences"] == b["sequences"]
+
+
+# -- settings of the database or role ------------------------------------------------------------------------------
+
+def test_application_timeouts_do_not_cut_backup_or_restore_short(make_db, backup_dir):
+    """Applications often set statement_timeout (and idle-in-transaction timeouts) on their database or role; a
+    backup or restore of a large table is one long statement and must not be cancelled by them (pg_dump resets
+    them too)."""
+    name, url = make_db()
+    run_sql(url, """
+        CREATE TABLE big (id int PRIMARY KEY, payload text NOT NULL);
+        CREATE TABLE big_child (id int PRIMARY KEY, big_id int NOT NULL REFERENCES big);
+        INSERT INTO big SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 100000) i;
+        INSERT INTO big_child SELECT i, i FROM generate_series(1, 100000) i;
+    """)
+    before = snapshot(url)
+    run_sql(url, f'ALTER DATABASE "{name}" SET statement_timeout = \'20ms\'; '
+                 f'ALTER DATABASE "{name}" SET idle_in_transaction_session_timeout = \'20ms\'')
+    with pytest.raises(psycopg2.errors.QueryCanceled):  # the setting is in force for new sessions
+        run_sql(url, "SELECT count(*) FROM big a, big b WHERE a.id = b.id + 1")
+
+    path = create_backup(backup_dir, database_url=url)
+    for show_diff in (False, True):  # the load itself, then the diff's counts too
+        run_sql(url, "SET statement_timeout = 0; DELETE FROM big_child WHERE id % 2 = 0")
+        restore_backup(Path(path), database_url=url, show_diff=show_diff)
+    run_sql(url, f'ALTER DATABASE "{name}" RESET ALL')  # for the oracle's own long queries
+    assert_same(before, snapshot(url))

@@ -446,3 +446,33 @@ def test_seed_shaped_file_without_additive_metadata_restores(torture_db, make_db
     finally:
         conn.rollback()
         conn.close()
+
+
+HOSTILE_SETTINGS = {
+    # Each changes how values are printed or parsed; the engine pins its own session, like pg_dump.
+    "DateStyle": "SQL, DMY", "IntervalStyle": "sql_standard", "TimeZone": "Pacific/Chatham",
+    "extra_float_digits": "0", "bytea_output": "escape", "xmloption": "document", "array_nulls": "off",
+    "search_path": '"Other Schema", a', "standard_conforming_strings": "off", "statement_timeout": "5s",
+    "default_transaction_isolation": "serializable",
+}
+
+
+def test_roundtrip_between_databases_with_hostile_settings(torture_db, make_db, backup_dir):
+    """Database-level settings (ALTER DATABASE … SET) on both sides do not change what is backed up or restored."""
+    before = snapshot(torture_db)
+    source = torture_db.rsplit("/", 1)[1]
+    _, fresh = make_db()
+    schema, _ = torture_sections()
+    run_sql(fresh, schema)
+    target = fresh.rsplit("/", 1)[1]
+    for db in (source, target):
+        run_sql(torture_db, "; ".join(f'ALTER DATABASE "{db}" SET {k} = \'{v}\'' if k != "search_path"
+                                      else f'ALTER DATABASE "{db}" SET {k} = {v}'
+                                      for k, v in HOSTILE_SETTINGS.items()))
+
+    path = create_backup(backup_dir, database_url=torture_db)
+    restore_backup(Path(path), database_url=fresh)
+    for db in (source, target):
+        run_sql(torture_db, f'ALTER DATABASE "{db}" RESET ALL')
+    assert_same(before, snapshot(fresh))
+    assert snapshot(torture_db) == before

@@ -15,10 +15,18 @@ from ..errors import DatabaseError
 # Every value leaves PostgreSQL as its own text output, which round-trips exactly only with these settings
 # (extra_float_digits=3: shortest exact floats; ISO dates: BC and year 294276 survive; hex bytea; money in the
 # C locale; reg* types always schema-qualified because nothing but pg_catalog is on the search_path).
+# array_nulls=on and xmloption=content pin how values are *parsed* on restore: a database or role with
+# array_nulls=off read the NULL elements of restored arrays as the text "NULL" (or failed on non-text arrays),
+# and xmloption=document refused XML content fragments that the column legitimately holds.
+# statement_timeout and idle_in_transaction_session_timeout are reset as pg_dump does: applications often set
+# them on their database or role, and a restore's COPY of a large table (or a diff's count) is one long
+# statement that they would cancel. Lock waits stay bounded by BACKUP_LOCK_TIMEOUT_S (set per transaction).
 SESSION_OPTIONS = (
     "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC "
     "-c bytea_output=hex -c client_encoding=UTF8 -c row_security=off -c standard_conforming_strings=on "
-    "-c lc_monetary=C -c search_path=pg_catalog -c application_name=backup_tasks"
+    "-c lc_monetary=C -c search_path=pg_catalog -c array_nulls=on -c xmloption=content "
+    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0 "
+    "-c application_name=backup_tasks"
 )
 
 
