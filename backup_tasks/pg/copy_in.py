@@ -84,7 +84,7 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
     so reading and encoding the backup overlap with the server's work. Errors on either side stop both and are
     re-raised here; on_chunk(mark) is called in this thread as each chunk is sent.
     """
-    q: queue.Queue = queue.Queue(maxsize=8)
+    q: queue.Queue = queue.Queue(maxsize=3)  # bounded: a few MB in flight, so memory does not grow with the backup
     control: queue.Queue = queue.Queue()
     stop = threading.Event()
 
