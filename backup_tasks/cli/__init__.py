@@ -14,7 +14,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import db_commands, storage_commands  # noqa: F401  (they add their commands to `cli`)
+    from . import db_commands, job_commands, storage_commands  # noqa: F401  (they add their commands to `cli`)
 
 
 def main() -> None:

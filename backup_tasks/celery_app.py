@@ -1,0 +1,179 @@
+"""The Celery app: Redis broker and result backend, JSON only, limits and acknowledgement chosen per job.
+
+`celery -A backup_tasks.celery_app worker|beat|flower` finds `app` here. Importing this module connects to
+nothing and reads no settings (except under `celery flower`, see _flower_defaults): the configuration is a
+promise (`add_defaults`) evaluated from get_settings() the first time Celery needs it, so the CLI's --local
+path and the tests import it freely, with or without Redis.
+
+Acknowledgement (the choice that decides what a crash does):
+- Jobs that are safe to run twice (create, diff, verify, listings, upload, download, cleanup, the scheduled
+  backup) are acknowledged late and rejected (requeued) when their worker process dies: a killed worker's job
+  runs again elsewhere. tasks.py counts deliveries so a job that kills its worker every time stops after 3.
+- restore and restore-s3 are acknowledged when they start (acks_late=False): a restore cut off by a crash is
+  rolled back by PostgreSQL and is NOT redelivered, so one `backupctl restore` never replaces the data twice
+  (e.g. hours later, over rows written since). The user sees the job fail or be lost and decides.
+- visibility_timeout (how long Redis waits for an acknowledgement before delivering a message again) is far
+  above the hard time limit: a reserved job may wait for one running job and then run for the hard limit
+  itself, so 2 x hard limit + 1 h. A shorter value would start a second copy of a long backup.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from celery import Celery
+from celery.beat import PersistentScheduler
+from kombu.utils.url import maybe_sanitize_url
+
+from .errors import ConfigError
+from .settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# Retries for transient errors (S3 throttling, connection resets): exponential backoff with full jitter,
+# 5 s, 10 s, 20 s, 40 s at most (capped at 5 min), far below the visibility timeout.
+RETRY_BACKOFF_S = 5
+RETRY_BACKOFF_MAX_S = 300
+MAX_RETRIES = 4
+
+
+def safe_url(url: str | None) -> str:
+    """A broker or backend URL with its password masked, for messages and logs."""
+    return maybe_sanitize_url(url or "") or ""
+
+
+def visibility_timeout(settings: Settings) -> int:
+    return 2 * int(settings.CELERY_TASK_TIME_LIMIT) + 3600
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The app's configuration from the settings (pure: tests compare it)."""
+    vt = visibility_timeout(settings)
+    tz = str(settings.BACKUP_TIMEZONE).strip() or "UTC"
+    try:
+        ZoneInfo(tz)
+    except Exception:  # Beat refuses to start with a ConfigError (beat_schedule.py); others run in UTC
+        tz = "UTC"
+    return {
+        "broker_url": settings.CELERY_BROKER_URL.get_secret_value(),
+        "result_backend": settings.CELERY_RESULT_BACKEND.get_secret_value(),
+        # JSON only: pickle from a broker is remote code execution.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # One reserved job per process: a reserved job is unacknowledged too, and waits.
+        "worker_prefetch_multiplier": 1,
+        # Per task in tasks.py (restore: early ack); these are the defaults for anything else.
+        "task_acks_late": False,
+        "task_reject_on_worker_lost": False,
+        "task_acks_on_failure_or_timeout": True,
+        "task_soft_time_limit": int(settings.CELERY_TASK_SOFT_TIME_LIMIT),
+        "task_time_limit": int(settings.CELERY_TASK_TIME_LIMIT),
+        "broker_transport_options": {"visibility_timeout": vt, "socket_connect_timeout": 5},
+        "result_backend_transport_options": {"visibility_timeout": vt},
+        "visibility_timeout": vt,
+        "redis_socket_connect_timeout": 5,
+        "broker_connection_timeout": 4,
+        "broker_connection_retry_on_startup": True,
+        # A worker that lost the broker stops its late-acked jobs: their messages are delivered again anyway.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "result_expires": int(settings.CELERY_RESULT_EXPIRES),
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "timezone": tz,
+        "enable_utc": True,
+        # Beat: the schedule is built from BACKUP_CRON when Beat starts (BackupScheduler), not at import.
+        "beat_scheduler": "backup_tasks.celery_app:BackupScheduler",
+        "beat_schedule_filename": str(Path(tempfile.gettempdir()) / "backup_tasks-celerybeat-schedule"),
+    }
+
+
+def load_beat_schedule_module() -> ModuleType:
+    """beat_schedule.py from the repository root: importable from the working directory (`celery` is run
+    there, the Docker image's WORKDIR), else found next to the package in a source checkout."""
+    try:
+        import beat_schedule  # type: ignore[import-not-found]
+
+        return beat_schedule
+    except ImportError:
+        pass
+    for folder in (Path.cwd(), Path(__file__).resolve().parent.parent):
+        path = folder / "beat_schedule.py"
+        if path.is_file():
+            spec = importlib.util.spec_from_file_location("beat_schedule", path)
+            assert spec and spec.loader
+            module = importlib.util.module_from_spec(spec)
+            sys.modules["beat_schedule"] = module
+            spec.loader.exec_module(module)
+            return module
+    raise ConfigError("beat_schedule.py not found", hint="Run Celery from the repository root (or /app in the image).")
+
+
+class BackupScheduler(PersistentScheduler):
+    """Celery's persistent scheduler, with the schedule built from the settings when Beat starts.
+
+    An invalid BACKUP_CRON / BACKUP_TIMEZONE stops Beat with `Error: …` naming the variable and the field,
+    instead of failing every process that imports the app.
+    """
+
+    def setup_schedule(self) -> None:
+        try:
+            schedule = load_beat_schedule_module().build_beat_schedule(get_settings())
+        except ConfigError as exc:
+            logger.critical("beat cannot start: %s", exc.message)
+            print(f"Error: {exc.message}", file=sys.stderr)
+            if exc.hint:
+                print(f"Hint: {exc.hint}", file=sys.stderr)
+            raise SystemExit(int(exc.exit_code)) from None
+        self.app.conf.beat_schedule = schedule
+        for name, entry in schedule.items():
+            logger.info("beat: %s runs %s on cron %r (%s)", name, entry["task"], entry["kwargs"]["cron"],
+                        entry["kwargs"]["timezone"])
+        super().setup_schedule()
+
+
+def _flower_defaults() -> None:
+    """`celery flower` reads FLOWER_* from the environment only (not from .env, not from the app's conf).
+
+    Export the settings' values (FLOWER_ADDRESS defaults to 127.0.0.1, so Flower is not on every interface)
+    unless the environment already has them; Flower's own --address/--port/--basic-auth still win.
+    """
+    try:
+        settings = get_settings()
+        values = {
+            "FLOWER_ADDRESS": settings.FLOWER_ADDRESS,
+            "FLOWER_PORT": str(settings.FLOWER_PORT),
+            "FLOWER_BASIC_AUTH": settings.FLOWER_BASIC_AUTH.get_secret_value() if settings.FLOWER_BASIC_AUTH else None,
+        }
+    except Exception:  # invalid settings: still never bind all interfaces by default
+        values = {"FLOWER_ADDRESS": "127.0.0.1"}
+    for name, value in values.items():
+        if value:
+            os.environ.setdefault(name, value)
+
+
+def _is_flower_command(argv: list[str]) -> bool:
+    return "flower" in argv[1:]
+
+
+def make_app() -> Celery:
+    app = Celery("backup_tasks", include=["backup_tasks.tasks"])
+    app.add_defaults(lambda: celery_config(get_settings()))
+    return app
+
+
+app = make_app()
+
+if _is_flower_command(sys.argv):
+    _flower_defaults()
