@@ -1,13 +1,14 @@
 """calculate_diff: what a restore of the backup would change, per table.
 
-Row counts come from one pass over the file. With detailed=True the rows of every table that has a primary key
-and the same columns in both places are loaded into a temporary table (server-side, so client memory stays
-bounded) and joined with the live table on the key: rows to insert, to delete and to change. The transaction is
-rolled back at the end, so nothing persists.
+Row counts come from one pass over the file. With detailed=True every table that has a primary key and the same
+columns in both places is compared row by row: each side is reduced to (key hash, row hash) pairs in temporary
+tables (server-side, so client memory stays bounded) that the server joins: rows to insert, to delete and to
+change. The transaction is rolled back at the end, so nothing persists.
 """
 
 from __future__ import annotations
 
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,7 +20,8 @@ from ..errors import DatabaseError
 from ..models import DiffSummary, TableDiff
 from ..pg.catalog import Table, read_catalog, read_migration_version
 from ..pg.connection import connection, pg_error_message, privilege_hint
-from ..pg.copy_in import TableLoad, copy_statement, encode_rows, run_copy_pipeline
+from ..pg.copy_in import TableLoad, run_copy_pipeline
+from ..pg.snapshot import END, iter_table_batches
 from ..progress import Progress, ProgressFn, Throttle
 from ..settings import get_settings
 
@@ -40,7 +42,7 @@ def calculate_diff(backup_path: Path, *, database_url: str | None = None, detail
             current = _count_rows(cur, catalog.tables)
             db_tables = catalog.by_key()
             if detailed:
-                contents, details = _detailed(cur, path, db_tables, selected, settings.BACKUP_MAX_LINE_BYTES, report)
+                contents, details = _detailed(cur, url, path, db_tables, selected, settings.BACKUP_MAX_LINE_BYTES, report)
             else:
                 def on_progress(reader, header, rows):
                     report(Progress("diff", header.key, rows, None, reader.compressed_done, reader.compressed_size))
@@ -107,15 +109,36 @@ def _comparable(header, table: Table | None) -> bool:
     return True
 
 
-def _detailed(cur, path: Path, db_tables: dict[str, Table], selected, max_line: int,
+def _fingerprints(rows, pk_index: list[int]) -> bytes:
+    """COPY text lines `key_hash<TAB>row_hash` for a batch, with Python's 64-bit SipHash of the values.
+
+    Both sides are hashed here, in this process, from the same values (the file's JSON scalars and the
+    database's values read exactly as a backup reads them), so equal hashes mean equal rows up to a 2^-64
+    collision. Hashing tuples keeps the work in C: no per-row serialisation."""
+    if not rows:
+        return b""
+    row_hashes = map(hash, map(tuple, rows))
+    key_hashes = map(hash, map(itemgetter(*pk_index), rows))
+    return b"\n".join(map(b"%d\t%d".__mod__, zip(key_hashes, row_hashes))) + b"\n"
+
+
+def _fingerprint_table(temp: sql.Composable) -> sql.Composable:
+    # Created in the same statement as its COPY, in the thread that runs the COPYs (the producer thread must
+    # not run statements: it would interrupt the COPY in progress).
+    return sql.SQL("CREATE TEMP TABLE {} (k bigint, h bigint) ON COMMIT DROP; COPY {} FROM STDIN").format(temp, temp)
+
+
+def _detailed(cur, url: str, path: Path, db_tables: dict[str, Table], selected, max_line: int,
               report: Throttle) -> tuple[Contents, dict[str, tuple[int, int, int]]]:
-    temps: dict[str, tuple[Table, sql.Composable]] = {}
+    """Row-level diff in bounded memory: both sides are reduced to (key hash, row hash) pairs in temporary
+    tables on the server, which joins them. Costs about one backup's read of each side."""
+    compared: dict[str, tuple[Table, list[str], list[int]]] = {}
     headers = []
 
     with BackupReader(path, max_line) as reader:
         total = reader.compressed_size
 
-        def stream() -> Iterator[tuple[TableLoad, Any]]:
+        def from_file() -> Iterator[tuple[TableLoad, Any]]:
             for table_rows in reader.tables():
                 header = table_rows.header
                 headers.append(header)
@@ -125,49 +148,59 @@ def _detailed(cur, path: Path, db_tables: dict[str, Table], selected, max_line: 
                     for _ in table_rows.batches():
                         pass  # counted and checked by the reader
                     continue
-                temp = sql.Identifier(f"backup_tasks_diff_{len(temps)}")
-                cols = {c.name: c for c in table.columns}
-                # Created by the same statement as its COPY, in the thread that runs the COPYs: this generator
-                # runs in the producer thread, where a statement would interrupt the previous table's COPY.
-                create = sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(
-                    temp, sql.SQL(", ").join(
-                        sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(cols[n].type_name)) for n in header.columns))
-                temps[header.key] = (table, temp)
-                load = TableLoad(header.key, sql.SQL("{}; {}").format(create, copy_statement(temp, header.columns)))
+                pk_index = [header.columns.index(c) for c in table.primary_key]
+                compared[header.key] = (table, header.columns, pk_index)
+                load = TableLoad(header.key, _fingerprint_table(_temp("f", len(compared))))
 
-                def chunks(table_rows=table_rows, load=load, header=header):
+                def chunks(table_rows=table_rows, load=load, pk_index=pk_index):
                     for batch in table_rows.batches():
-                        data = encode_rows(batch, len(header.columns))
                         load.rows += len(batch)
-                        yield data, (header.key, load.rows)
+                        yield _fingerprints(batch, pk_index), (load.key, load.rows)
 
                 yield load, chunks()
 
         def on_chunk(mark) -> None:
             report(Progress("diff", mark[0], mark[1], None, reader.compressed_done, total))
 
-        run_copy_pipeline(cur, stream(), on_chunk=on_chunk)
+        run_copy_pipeline(cur, from_file(), on_chunk=on_chunk)
         contents = Contents(reader.metadata, headers, reader.src.uncompressed)
 
-    details: dict[str, tuple[int, int, int]] = {}
-    for key, (table, temp) in temps.items():
-        details[key] = _compare(cur, table, temp)
-    return contents, details
+    if compared:
+        # The database side is read on a second connection, exactly as a backup reads it, while this one
+        # loads its fingerprints.
+        with connection(url) as reader_conn:
+            reader_conn.set_session(readonly=True)
+            tables = [t for t, _, _ in compared.values()]
+
+            def from_database() -> Iterator[tuple[TableLoad, Any]]:
+                batches = iter_table_batches(reader_conn, tables,
+                                             columns=[cols for _, cols, _ in compared.values()])
+                current = None
+                for i, (key, (table, cols, pk_index)) in enumerate(compared.items()):
+                    load = TableLoad(key, _fingerprint_table(_temp("d", i + 1)))
+
+                    def chunks(load=load, pk_index=pk_index, i=i):
+                        for index, batch in batches:
+                            if batch is END:
+                                return
+                            load.rows += len(batch)
+                            yield _fingerprints(batch, pk_index), (load.key, load.rows)
+
+                    yield load, chunks()
+
+            run_copy_pipeline(cur, from_database())
+
+    return contents, {key: _compare(cur, _temp("f", i + 1), _temp("d", i + 1))
+                      for i, key in enumerate(compared)}
 
 
-def _compare(cur, table: Table, temp: sql.Composable) -> tuple[int, int, int]:
-    pk = [sql.Identifier(c) for c in table.primary_key]
-    row = sql.SQL("ROW({})::text").format(sql.SQL(", ").join(sql.Identifier(c.name) for c in table.data_columns))
-    side = sql.SQL("SELECT {pk}, true AS present, {row} AS r FROM {src}")
-    query = sql.SQL(
-        "SELECT count(*) FILTER (WHERE c.present IS NULL), count(*) FILTER (WHERE b.present IS NULL), "
-        "count(*) FILTER (WHERE b.present AND c.present AND b.r IS DISTINCT FROM c.r) "
-        "FROM ({b}) b FULL JOIN ({c}) c USING ({using})"
-    ).format(
-        b=side.format(pk=sql.SQL(", ").join(pk), row=row, src=temp),
-        c=side.format(pk=sql.SQL(", ").join(pk), row=row, src=sql.SQL("ONLY {}").format(table.ident)),
-        using=sql.SQL(", ").join(pk),
-    )
-    cur.execute(query)
+def _temp(side: str, n: int) -> sql.Composable:
+    return sql.Identifier(f"backup_tasks_diff_{side}{n}")
+
+
+def _compare(cur, backup: sql.Composable, current: sql.Composable) -> tuple[int, int, int]:
+    cur.execute(sql.SQL(
+        "SELECT count(*) FILTER (WHERE c.k IS NULL), count(*) FILTER (WHERE b.k IS NULL), "
+        "count(*) FILTER (WHERE b.h <> c.h) FROM {} b FULL JOIN {} c ON b.k = c.k").format(backup, current))
     ins, dele, chg = cur.fetchone()
     return int(ins), int(dele), int(chg)

@@ -35,10 +35,14 @@ def lock_tables(cur, tables: list[Table]) -> None:
             sql.SQL(", ").join(sql.SQL("ONLY {}").format(t.ident) for t in chunk)))
 
 
-def select_rows(table: Table) -> sql.Composable:
+def select_rows(table: Table, columns: list[str] | None = None) -> sql.Composable:
+    """The backup's SELECT: native types as they are, every other type as its text output. `columns` picks
+    the order (a diff reads the database in the backup's column order)."""
+    by_name = {c.name: c for c in table.columns}
+    chosen = table.data_columns if columns is None else [by_name[n] for n in columns]
     cols = sql.SQL(", ").join(
         sql.Identifier(c.name) if c.native else sql.SQL("{}::text").format(sql.Identifier(c.name))
-        for c in table.data_columns
+        for c in chosen
     )
     return sql.SQL("SELECT {} FROM ONLY {}").format(cols, table.ident)
 
@@ -46,7 +50,8 @@ def select_rows(table: Table) -> sql.Composable:
 _END = object()
 
 
-def iter_table_batches(conn, tables: list[Table], itersize: int = ITERSIZE) -> Iterator[tuple[int, Any]]:
+def iter_table_batches(conn, tables: list[Table], itersize: int = ITERSIZE,
+                       columns: list[list[str]] | None = None) -> Iterator[tuple[int, Any]]:
     """Yield (table index, batch of row tuples) for every table in order, then (index, _END) after each table."""
     q: queue.Queue = queue.Queue(maxsize=4)
     stop = threading.Event()
@@ -65,7 +70,7 @@ def iter_table_batches(conn, tables: list[Table], itersize: int = ITERSIZE) -> I
             for i, table in enumerate(tables):
                 with conn.cursor(name=f"backup_tasks_{i}") as cur:
                     cur.itersize = itersize
-                    cur.execute(select_rows(table))
+                    cur.execute(select_rows(table, columns[i] if columns else None))
                     while True:
                         rows = cur.fetchmany(itersize)
                         if not rows:
