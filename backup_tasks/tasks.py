@@ -42,7 +42,7 @@ logger = get_task_logger(__name__)
 
 MAX_DELIVERIES = 3  # a late-acked job whose worker died this many times is not run again (celery#9082)
 IN_TASK_ATTEMPTS = 3  # upload/cleanup after a backup: retried in the task, so the backup is not made twice
-FILE_JOBS = {"diff", "restore", "verify"}  # jobs that read a backup given as `file`
+FILE_JOBS = {"diff", "restore", "verify", "upload"}  # jobs that read a backup given as `file`
 _SLOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z$")
 
 

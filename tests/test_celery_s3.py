@@ -1,0 +1,52 @@
+"""S3 through the worker (moto's S3 server over HTTP): the scheduled backup uploads what it made, and
+`backupctl list-s3` / `restore-s3` / `check --target s3` run on the worker without --local."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from backup_tasks.cli.dispatch import follow, outcome
+from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import Worker, backupctl
+from tests.conftest import run_sql
+from tests.oracle import assert_same, snapshot
+
+pytest_plugins = ["tests.s3_server"]
+pytestmark = [pytest.mark.celery, pytest.mark.s3]
+
+
+def test_scheduled_backup_uploads_and_restore_s3_round_trips_on_the_worker(celery_env, s3_endpoint, s3_client,
+                                                                          client_app, tmp_path):
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client.create_bucket(Bucket=bucket)
+    celery_env.env.update({
+        "S3_ENDPOINT_URL": s3_endpoint, "S3_BUCKET_NAME": bucket, "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+        "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+    })
+    run_sql(celery_env.db_url, "CREATE TABLE t (id serial PRIMARY KEY, v text);"
+                               "INSERT INTO t (v) SELECT md5(i::text) FROM generate_series(1, 5000) i;")
+    before = snapshot(celery_env.db_url)
+    worker = Worker(celery_env.env, tmp_path / "worker.log").wait_ready()
+    try:
+        task = client_app.signature("backup_tasks.scheduled_backup", kwargs={"slot": "2025-11-05T02:00Z"})
+        task_id = task.apply_async().id
+        result = outcome(follow(client_app, task_id, timeout_s=60), task_id)
+        name = result["create"]["name"]
+        assert result["upload"]["name"] == name and result["upload"]["url"] == f"s3://{bucket}/backups/{name}"
+        assert set(result["cleanup"]["locations"]) == {"local", "s3"}
+
+        listed = backupctl(celery_env, "list-s3")
+        assert listed.returncode == 0 and name in listed.stdout, listed.stderr
+        assert backupctl(celery_env, "check", "--target", "s3").returncode == 0
+
+        run_sql(celery_env.db_url, "DELETE FROM t WHERE id > 100;")
+        restored = backupctl(celery_env, "restore-s3", name, "--yes")
+        assert restored.returncode == 0, restored.stderr
+        assert f"s3://{bucket}/backups/{name}" in restored.stdout and "Restore completed" in restored.stdout
+        assert_same(before, snapshot(celery_env.db_url))
+        assert "Task backup_tasks.restore_s3[" in worker.output()
+    finally:
+        worker.stop()
