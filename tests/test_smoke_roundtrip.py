@@ -18,3 +18,18 @@ def test_roundtrip_after_changes(make_db, backup_dir):
     result = restore_backup(Path(path), database_url=url)
     assert result.success and result.restored_rows == 500
     assert_same(before, snapshot(url))
+
+
+def test_stale_partial_files_are_swept_and_fresh_ones_kept(make_db, backup_dir):
+    import os
+    import time
+
+    _, url = make_db()
+    stale = backup_dir / ".backup_20200101_000000.backup.gz.tmp-1-abcd"
+    fresh = backup_dir / ".backup_20200101_000001.backup.gz.tmp-2-abcd"
+    for p in (stale, fresh):
+        p.write_bytes(b"partial")
+    old = time.time() - 2 * 3600
+    os.utime(stale, (old, old))
+    create_backup(backup_dir, database_url=url)
+    assert not stale.exists() and fresh.exists()

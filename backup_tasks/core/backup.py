@@ -45,6 +45,7 @@ def run_backup(output_dir: Path | None = None, *, database_url: str | None = Non
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create backup directory {out}: {exc.strerror}") from None
+    _sweep_stale_partials(out)
 
     with connection(url) as conn:
         try:
@@ -143,6 +144,23 @@ def _publish(tmp: Path, out: Path, taken_at: datetime) -> Path:
         _fsync_dir(out)
         return final
     raise StorageError(f"too many backups named for {taken_at:%Y-%m-%d %H:%M:%S} in {out}")
+
+
+STALE_PARTIAL_S = 3600
+
+
+def _sweep_stale_partials(out: Path) -> None:
+    """Remove partial files of backups that died (SIGKILL, OOM, power loss) and so could not clean up.
+
+    A running backup writes its partial file continuously, so one untouched for an hour is dead. They never look
+    like backups (hidden, `.tmp-` suffix); this only gives their disk space back."""
+    cutoff = time.time() - STALE_PARTIAL_S
+    for partial in out.glob(".backup_*.backup.gz.tmp-*"):
+        try:
+            if partial.stat().st_mtime < cutoff:
+                partial.unlink()
+        except OSError:
+            pass
 
 
 def _fsync_dir(path: Path) -> None:
