@@ -8,13 +8,13 @@ so parsing and the server's work overlap. The CSV is the backup's own JSON lines
 from __future__ import annotations
 
 import queue
-import threading
 from typing import Any, Callable, Iterable, Iterator
 
 import psycopg2
 from psycopg2 import sql
 
 from ..archive.rowjson import dump_rows, is_canonical, lines_to_csv
+from .handoff import Handoff
 
 CHUNK_BYTES = 1 << 20
 
@@ -45,7 +45,7 @@ class _QueueReader:
 
     It runs in the caller's thread, so progress callbacks are made from there too."""
 
-    def __init__(self, q: queue.Queue, on_chunk: Callable[[Any], None] | None):
+    def __init__(self, q: Handoff, on_chunk: Callable[[Any], None] | None):
         self._q = q
         self._on_chunk = on_chunk
         self.ended = False
@@ -88,18 +88,9 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
     so reading and encoding the backup overlap with the server's work. Errors on either side stop both and are
     re-raised here; on_chunk(mark) is called in this thread as each chunk is sent.
     """
-    q: queue.Queue = queue.Queue(maxsize=3)  # bounded: a few MB in flight, so memory does not grow with the backup
+    chunks_out = Handoff(maxsize=3)  # bounded: a few MB in flight, so memory does not grow with the backup
     control: queue.Queue = queue.Queue()
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+    put = chunks_out.put
 
     def produce() -> None:
         try:
@@ -124,8 +115,7 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
             control.put(exc)
             put(exc)
 
-    worker = threading.Thread(target=produce, name="restore-producer", daemon=True)
-    worker.start()
+    chunks_out.start(produce, "copy-producer")
     try:
         while True:
             item = control.get()
@@ -133,7 +123,7 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
                 break
             if isinstance(item, BaseException):
                 raise item
-            reader = _QueueReader(q, on_chunk)
+            reader = _QueueReader(chunks_out, on_chunk)
             try:
                 cur.copy_expert(item.statement, reader, size=CHUNK_BYTES)
             except psycopg2.Error:
@@ -151,5 +141,4 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
             if on_table:
                 on_table(item)
     finally:
-        stop.set()
-        worker.join()
+        chunks_out.close()

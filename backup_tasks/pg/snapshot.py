@@ -6,8 +6,6 @@ caller serialises and compresses the current one.
 
 from __future__ import annotations
 
-import queue
-import threading
 from typing import Any, Iterator
 
 import psycopg2
@@ -16,6 +14,7 @@ from psycopg2 import sql
 from ..errors import DatabaseError
 from .catalog import Table
 from .connection import pg_error_message, privilege_hint
+from .handoff import Handoff
 
 ITERSIZE = 2000  # measured: 2,000 keeps peak RSS at tens of MB; 50,000 raised it to ~350 MB
 
@@ -53,17 +52,8 @@ _END = object()
 def iter_table_batches(conn, tables: list[Table], itersize: int = ITERSIZE,
                        columns: list[list[str]] | None = None) -> Iterator[tuple[int, Any]]:
     """Yield (table index, batch of row tuples) for every table in order, then (index, _END) after each table."""
-    q: queue.Queue = queue.Queue(maxsize=4)
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.2)
-                return True
-            except queue.Full:
-                continue
-        return False
+    batches = Handoff(maxsize=4)
+    put = batches.put
 
     def produce() -> None:
         try:
@@ -83,11 +73,10 @@ def iter_table_batches(conn, tables: list[Table], itersize: int = ITERSIZE,
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread
             put(exc)
 
-    worker = threading.Thread(target=produce, name="backup-prefetch", daemon=True)
-    worker.start()
+    batches.start(produce, "backup-prefetch")
     try:
         while True:
-            item = q.get()
+            item = batches.get()
             if item is None:
                 return
             if isinstance(item, BaseException):
@@ -100,8 +89,7 @@ def iter_table_batches(conn, tables: list[Table], itersize: int = ITERSIZE,
                 raise item
             yield item
     finally:
-        stop.set()
-        worker.join()
+        batches.close()
 
 
 END = _END
