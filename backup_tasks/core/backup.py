@@ -21,6 +21,7 @@ from ..pg.catalog import read_catalog, read_migration_version, read_sequence_sta
 from ..pg.connection import connection, describe_target, pg_error_message, privilege_hint
 from ..pg.snapshot import END, begin_snapshot, iter_table_batches, lock_tables
 from ..progress import Progress, ProgressFn, Throttle
+from ..pg.memory import pin_mmap_threshold
 from ..settings import get_settings
 
 
@@ -35,6 +36,7 @@ def create_backup(output_dir: Path | None = None, *, database_url: str | None = 
 
 def run_backup(output_dir: Path | None = None, *, database_url: str | None = None,
                progress: ProgressFn | None = None, compresslevel: int | None = None) -> BackupResult:
+    pin_mmap_threshold()
     settings = get_settings()
     url = database_url or settings.database_url
     out = Path(output_dir) if output_dir is not None else settings.BACKUP_DIR

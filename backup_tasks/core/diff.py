@@ -23,11 +23,13 @@ from ..pg.connection import connection, pg_error_message, privilege_hint
 from ..pg.copy_in import TableLoad, run_copy_pipeline
 from ..pg.snapshot import END, iter_table_batches
 from ..progress import Progress, ProgressFn, Throttle
+from ..pg.memory import pin_mmap_threshold
 from ..settings import get_settings
 
 
 def calculate_diff(backup_path: Path, *, database_url: str | None = None, detailed: bool = True,
                    progress: ProgressFn | None = None, tables: list[str] | None = None) -> DiffSummary:
+    pin_mmap_threshold()
     settings = get_settings()
     url = database_url or settings.database_url
     path = Path(backup_path)
