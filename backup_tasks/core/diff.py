@@ -53,8 +53,7 @@ def calculate_diff(backup_path: Path, *, database_url: str | None = None, detail
                 details = {}
         except psycopg2.Error as exc:
             raise DatabaseError(f"diff failed: {pg_error_message(exc)}", hint=privilege_hint(exc)) from None
-        finally:
-            conn.rollback()
+        # connection() rolls back on exit (temp tables go with it), tolerating a connection already broken.
     report.flush()
 
     result: dict[str, TableDiff] = {}
