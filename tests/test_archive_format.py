@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backup_tasks.archive.reader import BackupReader, scan
-from backup_tasks.archive.rowjson import dump_rows, is_canonical, lines_to_csv
+from backup_tasks.archive.rowjson import dump_rows, is_canonical, lines_to_copy_text
 from backup_tasks.archive.writer import ArchiveWriter
 from backup_tasks.errors import InvalidBackupError
 from backup_tasks.pg.catalog import parse_table_key, table_key
@@ -94,9 +94,12 @@ def test_dump_rows_is_one_row_per_line_and_canonical():
     assert not is_canonical([list(r) for r in rows], lines.replace(b",", b", ", 1))
 
 
-def test_lines_to_csv_quotes_strings_and_keeps_null_distinct():
-    csv = lines_to_csv(dump_rows([(1, "", None, True, "a\\n\"b\tc\nd\x01")]))
-    assert csv == b'1,"",null,true,"a\\\\n\\"b\tc\nd\x01"\n'
+def test_lines_to_copy_text_keeps_null_distinct_and_escapes_as_copy_does():
+    rows = [(1, "", None, True, 'a\\n"b\tc\nd\x01', "null", "\\N", "x,y", "],\n[", "ü")]
+    assert lines_to_copy_text(dump_rows(rows)) == (
+        b'1\t\t\\N\ttrue\ta\\\\n"b\\tc\\nd\\x01\tnull\t\\\\N\tx,y\t],\\n[\t\xc3\xbc\n')
+    two = lines_to_copy_text(dump_rows([(1, "a"), (2, None)]))
+    assert two == b"1\ta\n2\t\\N\n"
 
 
 def test_table_keys_are_unique_and_reversible():

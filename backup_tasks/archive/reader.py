@@ -26,6 +26,10 @@ from ..pg.catalog import parse_table_key, table_key
 READ_SIZE = 1 << 20
 BATCH_BYTES = 1 << 20  # parse rows in ~1 MB groups of lines: fast, and bounded
 GENERIC_BATCH_ROWS = 2000
+# The layout is detected from the first line, read up to this many bytes. A longer first line (a huge metadata
+# table of contents, or a whole single-line document) is read by the generic parser instead, which is always
+# correct: the line layout is valid JSON. Bounds the memory spent on detection.
+DETECT_BYTES = 64 << 20
 ALLOWED_VALUE_TYPES = frozenset({str, int, float, bool, type(None)})
 _HEAD = b'{"metadata":'
 _HEAD_END = b',"tables":{'
@@ -114,42 +118,86 @@ class _Lines:
         self.pos = 0
         self.eof = False
 
-    def fill(self) -> bool:
+    def fill(self, limit: int | None = None) -> bool:
+        """Add input to the buffer; False at end of input.
+
+        Adds chunks until one holds a newline, or more than `limit` (default max_line) bytes without one were
+        added. Chunks without a newline grow one bytearray in place: re-joining the whole buffer for every chunk
+        cost quadratic time and twice the memory on a hostile line of gigabytes (a decompression bomb), which
+        then died with a MemoryError instead of the "longer than max_line" refusal.
+        """
         if self.eof:
             return False
         chunk = self.src.read(READ_SIZE)
         if not chunk:
             self.eof = True
             return False
-        self.buf = self.buf[self.pos:] + chunk
-        self.pos = 0
+        if b"\n" in chunk:
+            self.buf = b"".join((memoryview(self.buf)[self.pos:], chunk))  # bytes again after a bytearray
+            self.pos = 0
+            return True
+        limit = self.max_line if limit is None else limit
+        grow = bytearray(memoryview(self.buf)[self.pos:])
+        self.buf, self.pos = b"", 0
+        added = len(chunk)
+        grow += chunk
+        while added <= limit:
+            chunk = self.src.read(READ_SIZE)
+            if not chunk:
+                self.eof = True
+                break
+            grow += chunk
+            added += len(chunk)
+            if b"\n" in chunk:
+                break
+        self.buf = grow  # not copied to bytes: that doubled the memory of a huge line (bytearray slices parse alike)
         return True
 
     def peek(self) -> int | None:
         while self.pos >= len(self.buf):
-            if not self.fill():
+            if not self.fill(READ_SIZE):
                 return None
         return self.buf[self.pos]
 
-    def readline(self) -> bytes | None:
-        """The next line without its newline; None at end of input. A final line without newline is returned."""
+    def readline(self, limit: int | None = None) -> bytes | None:
+        """The next line without its newline; None at end of input. A final line without newline is returned.
+
+        With `limit`, a line longer than that is no error: None is returned and nothing is consumed."""
+        bound = self.max_line if limit is None else limit
         while True:
             idx = self.buf.find(b"\n", self.pos)
             if idx >= 0:
+                if limit is not None and idx - self.pos > limit:
+                    return None
                 line = self.buf[self.pos:idx]
                 self.pos = idx + 1
                 return line
-            if len(self.buf) - self.pos > self.max_line:
+            if len(self.buf) - self.pos > bound:
+                if limit is not None:
+                    return None
                 raise _bad(f"a line of {self.src.name} is longer than {self.max_line} bytes",
                            hint="Raise BACKUP_MAX_LINE_BYTES if the backup really holds such a row.")
-            if not self.fill():
+            if not self.fill(bound):
                 if self.pos < len(self.buf):
                     line = self.buf[self.pos:]
                     self.pos = len(self.buf)
                     return line
                 return None
 
-    def row_block(self) -> tuple[bytes, bool]:
+    def _take(self, end: int, width: int | None, table: str) -> bytes:
+        """buf[pos:end] (whole row lines), consumed. A block holding a huge line is first checked in place for more
+        values than `width` columns allow: parsed, its Python objects can take ~10x its text, so one hostile row
+        of millions of values exhausted memory before its width was checked."""
+        if width is not None and end - self.pos > BIG_BLOCK_BYTES:
+            rows = self.buf.count(b"\n", self.pos, end)  # each row line: width - 1 commas, and one after it
+            if _commas_exceed(self.buf, rows * width, self.pos, end):
+                raise _bad(f"{self.src.name}: {table}: a row has more values than its {width} columns, "
+                           "or nested values")
+        block = self.buf[self.pos:end]
+        self.pos = end
+        return block
+
+    def row_block(self, width: int | None = None, table: str = "a table") -> tuple[bytes, bool]:
         """(complete row lines, trailer_next). Stops before the line that starts with `]`."""
         while True:
             nxt = self.peek()
@@ -159,23 +207,49 @@ class _Lines:
                 return b"", True
             idx = self.buf.find(b"\n]", self.pos)
             if idx >= 0:
-                block = self.buf[self.pos:idx + 1]
-                self.pos = idx + 1
-                return block, True
+                return self._take(idx + 1, width, table), True
             last = self.buf.rfind(b"\n", self.pos)
             if last >= 0 and last + 1 - self.pos >= BATCH_BYTES:
-                block = self.buf[self.pos:last + 1]
-                self.pos = last + 1
-                return block, False
-            if len(self.buf) - self.pos > self.max_line + BATCH_BYTES and last < 0:
+                return self._take(last + 1, width, table), False
+            # The unfinished line after the last newline: complete rows before it do not excuse it (they let the
+            # buffer grow without bound when an endless line followed a few short rows).
+            if len(self.buf) - (last + 1 if last >= 0 else self.pos) > self.max_line:
                 raise _bad(f"a row of {self.src.name} is longer than {self.max_line} bytes",
                            hint="Raise BACKUP_MAX_LINE_BYTES if the backup really holds such a row.")
             if not self.fill():
                 if last >= 0:
-                    block = self.buf[self.pos:last + 1]
-                    self.pos = last + 1
-                    return block, False
+                    return self._take(last + 1, width, table), False
                 raise _bad(f"{self.src.name} ends inside a table's rows (truncated)")
+
+
+BIG_BLOCK_BYTES = 8 * BATCH_BYTES
+
+
+def _commas_exceed(buf: bytes, limit: int, start: int, end: int) -> bool:
+    """Whether buf[start:end] (JSON rows) holds more than `limit` commas (or strings) outside strings.
+
+    Plain byte searches, no regex (a regex over a long string of escapes took seconds and gigabytes). Stops as
+    soon as it knows, so a row of millions of short strings costs no more than a valid row."""
+    if buf.count(b",", start, end) <= limit:
+        return False
+    if buf.find(b"\\", start, end) >= 0:
+        # Without escaped backslashes and escaped quotes, every quote left opens or closes a string.
+        buf = buf[start:end].replace(b"\\\\", b"").replace(b'\\"', b"")
+        start, end = 0, len(buf)
+    commas = strings = 0
+    pos = start
+    while True:
+        opening = buf.find(b'"', pos, end)
+        if opening < 0:
+            return commas + buf.count(b",", pos, end) > limit
+        commas += buf.count(b",", pos, opening)
+        strings += 1
+        if commas > limit or strings > limit:
+            return True
+        closing = buf.find(b'"', opening + 1, end)
+        if closing < 0:
+            return False  # an unfinished string: the JSON parser refuses the block
+        pos = closing + 1
 
 
 def _check_rows(rows: Any, header: TableHeader, done: int) -> None:
@@ -250,6 +324,19 @@ class RowBatch(list):
         self.raw = raw
 
 
+class RawBlock:
+    """parse_rows=False: a block of row lines as written (`[..],\n[..]`) and how many rows it holds."""
+
+    __slots__ = ("raw", "count")
+
+    def __init__(self, raw: bytes, count: int):
+        self.raw = raw
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+
 class TableRows:
     """One table's header and its rows in batches. Iterate `batches()` fully before asking for the next table."""
 
@@ -267,7 +354,8 @@ class BackupReader:
     def __init__(self, path: Path, max_line: int = 512 << 20, parse_rows: bool = True):
         self.path = Path(path)
         self.max_line = max_line
-        # parse_rows=False (own layout only): batches are row counts, not rows; structure is still checked.
+        # parse_rows=False (own layout only): batches are RawBlocks (lines and a row count), not parsed rows;
+        # the document's structure and every table's row_count are still checked.
         self.parse_rows = parse_rows
         self.src = _Source(self.path)
         self.metadata: BackupMetadata | None = None
@@ -284,7 +372,7 @@ class BackupReader:
         if first is None:
             raise _bad(f"{self.path.name} holds no data")
         if lines.buf.startswith(_HEAD, lines.pos):
-            line = lines.readline()
+            line = lines.readline(limit=DETECT_BYTES)
             if line is not None and line.endswith(_HEAD_END):
                 try:
                     raw = orjson.loads(line[len(_HEAD):-len(_HEAD_END)])
@@ -298,7 +386,7 @@ class BackupReader:
         self.src = _Source(self.path)
         from ._generic import GenericParser
 
-        self._generic = GenericParser(self.src, self.path.name, self._new_table_header)
+        self._generic = GenericParser(self.src, self.path.name, self._new_table_header, self.max_line)
         self.metadata = self._generic.metadata_if_first()
         if self.metadata is not None:
             self.metadata = _validate_metadata(self.metadata, self.path.name)
@@ -373,11 +461,13 @@ class BackupReader:
                     pass
             more = state["more"]
             first = False
-        rest = lines.buf[lines.pos:]
-        while not rest.strip() and lines.fill():
-            rest = lines.buf[lines.pos:]
-        if rest.strip():
-            raise _bad(f"{self.path.name} has data after the end of the document")
+        while True:
+            if lines.buf[lines.pos:].strip():
+                raise _bad(f"{self.path.name} has data after the end of the document")
+            # Whitespace is dropped as it is read, so gigabytes of it after the document cost no memory.
+            lines.pos = len(lines.buf)
+            if not lines.fill(READ_SIZE):
+                break
         self.finished = True
 
     def _fast_batches(self, header: TableHeader, state: dict) -> Iterator[list[list[Any]]]:
@@ -386,7 +476,8 @@ class BackupReader:
         done = state.get("rows", 0)
         comma_pending = state.get("comma", False)
         while True:
-            block, trailer_next = lines.row_block()
+            width = len(header.columns) if self.parse_rows else None
+            block, trailer_next = lines.row_block(width, f"table {header.key!r}")
             if block:
                 if done and not comma_pending:
                     raise _bad(f"{name}: table {header.key!r}: rows near row {done + 1} are not separated by a comma")
@@ -398,7 +489,7 @@ class BackupReader:
                     count = body.count(b"\n") + 1
                     done += count
                     state["rows"], state["comma"] = done, comma_pending
-                    yield count
+                    yield RawBlock(body, count)
                     continue
                 try:
                     rows = orjson.loads(b"[" + body + b"]")
@@ -438,7 +529,7 @@ def scan(path: Path, max_line: int = 512 << 20,
         for table in reader.tables():
             rows = 0
             for batch in table.batches():
-                rows += batch if type(batch) is int else len(batch)
+                rows += len(batch)
                 if on_progress:
                     on_progress(reader, table.header, rows)
             tables.append(table.header)

@@ -1,4 +1,4 @@
-"""Rows as JSON lines, and JSON lines as CSV for COPY: bulk byte operations instead of per-value Python.
+"""Rows as JSON lines, and JSON lines as COPY input: bulk byte operations instead of per-value Python.
 
 Measured on this machine: orjson.dumps of a whole batch costs ~30 ns a row, but one call per row costs
 1-2 µs (each result is a separate allocation above pymalloc's limit). A raw newline can never occur inside a
@@ -30,30 +30,37 @@ def is_canonical(rows: list, body: bytes) -> bool:
     return orjson.dumps(rows) == b"[" + body.replace(b",\n", b",") + b"]"
 
 
-_CONTROL_ESCAPE = re.compile(rb"\\u00([01][0-9a-f])")
-_RARE_ESCAPES = ((b"\\r", b"\r"), (b"\\b", b"\b"), (b"\\f", b"\f"))
+_UNICODE_ESCAPE = re.compile(rb"\\u00([01][0-9a-f])")
 
 
-def lines_to_csv(lines: bytes) -> bytes:
-    """Canonical JSON lines (dump_rows output) to CSV for `COPY … (FORMAT csv, NULL 'null', ESCAPE '\\')`.
+def lines_to_copy_text(lines: bytes) -> bytes:
+    """Canonical JSON lines (dump_rows output) to COPY's text format, in bulk byte operations.
 
-    In that dialect a JSON row without its brackets is already a CSV line: strings stay double-quoted with
-    `\\"` and `\\\\` escapes, numbers and true/false are bare, and a bare `null` is NULL while a quoted "null"
-    is text. Only JSON's control-character escapes need turning into the raw characters, which CSV allows
-    inside quotes; escaped backslashes are set aside first so `\\\\n` is never mistaken for `\\n`.
-    Every step is one bulk bytes operation (profiled: the per-MB cost of a restore is dominated by these).
+    JSON's string escapes \\n \\t \\r \\b \\f \\\\ are also COPY text escapes with the same meaning, so string
+    contents pass through unchanged except escaped quotes (a plain " in COPY text) and \\u00XX (COPY's \\xXX).
+    What changes is the structure outside strings: with escaped backslashes and quotes set aside (NUL and 0x01
+    never occur raw in JSON), every remaining " delimits a string, so splitting on it separates the parts
+    outside strings, where `,` becomes a tab, `null` becomes \\N and `],\\n[` ends a line. The server parses
+    this format ~20% faster than CSV (measured on the benchmark's mixed table).
     """
     if not lines:
         return b""
-    data = lines.replace(b"],\n[", b"\n")
-    if b"\\" in data:
-        data = data.replace(b"\\\\", b"\x00")  # NUL never occurs raw in JSON text
-        data = data.replace(b"\\n", b"\n").replace(b"\\t", b"\t")
-        # What is left is \" (kept: CSV's escape) and, rarely, the other control-character escapes.
-        if data.count(b"\\") != data.count(b'\\"'):
-            for escaped, raw in _RARE_ESCAPES:
-                data = data.replace(escaped, raw)
-            if b"\\u" in data:  # orjson writes \u00XX only for the remaining control characters
-                data = _CONTROL_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), data)
+    data = lines
+    backslashes = b"\\\\" in data
+    if backslashes:
+        data = data.replace(b"\\\\", b"\x00")
+    quotes = b'\\"' in data
+    if quotes:
+        data = data.replace(b'\\"', b"\x01")
+    parts = data.split(b'"')
+    outside = b"\x02".join(parts[0::2])
+    outside = outside.replace(b"],\n[", b"\n").replace(b",", b"\t").replace(b"null", b"\\N")
+    parts[0::2] = outside[1:-1].split(b"\x02")
+    data = b"".join(parts)
+    if quotes:
+        data = data.replace(b"\x01", b'"')
+    if b"\\u" in data:  # orjson writes \u00XX only for control characters other than \b \f \n \r \t
+        data = _UNICODE_ESCAPE.sub(rb"\\x\1", data)
+    if backslashes:
         data = data.replace(b"\x00", b"\\\\")
-    return data[1:-1] + b"\n"
+    return data + b"\n"

@@ -1,19 +1,24 @@
 """Loading rows with COPY FROM STDIN, fed by a producer thread.
 
 The producer parses the backup and encodes CSV while psycopg2 sends the previous chunk with the GIL released,
-so parsing and the server's work overlap. The CSV is the backup's own JSON lines, minus brackets
-(archive/rowjson.py): strings stay quoted, so NULL (bare null) and '' ("") stay distinct.
+so parsing and the server's work overlap. The COPY text is made from the backup's own JSON lines in bulk
+(archive/rowjson.py): NULL becomes \\N and '' an empty field, so they stay distinct.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import queue
+import re
+import sys
 from typing import Any, Callable, Iterable, Iterator
 
 import psycopg2
 from psycopg2 import sql
 
-from ..archive.rowjson import dump_rows, is_canonical, lines_to_csv
+from ..archive.reader import RawBlock
+from ..archive.rowjson import dump_rows, is_canonical, lines_to_copy_text
 from .handoff import Handoff
 
 CHUNK_BYTES = 1 << 20
@@ -24,9 +29,9 @@ def copy_statement(ident: sql.Composable, columns: list[str], *, freeze: bool = 
     hint-bit and freeze passes over the whole table; measured ~10-30% faster loads). Like TRUNCATE itself,
     this is not MVCC-safe for snapshots older than the restore, which is what a restore means anyway."""
     option = sql.SQL(", FREEZE" if freeze else "")
-    if not columns:  # zero-column table: one empty line per row, text format
+    if not columns:  # zero-column table: one empty line per row
         return sql.SQL("COPY {} FROM STDIN WITH (FORMAT text{})").format(ident, option)
-    return sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, NULL 'null', ESCAPE '\\'{})").format(
+    return sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT text{})").format(
         ident, sql.SQL(", ").join(map(sql.Identifier, columns)), option)
 
 
@@ -35,9 +40,43 @@ def encode_rows(rows: list[list[Any]], ncolumns: int) -> bytes:
     a number or boolean given for a text column is stored as its JSON text (documented in the README)."""
     if not ncolumns:
         return b"\n" * len(rows)
+    if isinstance(rows, RawBlock):  # lines exactly as backup_tasks wrote them (checksum verified)
+        return lines_to_copy_text(rows.raw)
     raw = getattr(rows, "raw", None)
     lines = raw if raw is not None and is_canonical(rows, raw) else dump_rows(rows)
-    return lines_to_csv(lines)
+    return lines_to_copy_text(lines)
+
+
+@contextlib.contextmanager
+def _server_error_printout() -> Iterator[io.StringIO]:
+    """Catch what psycopg2 prints to sys.stderr during a COPY.
+
+    When the server ends the connection in the middle of a COPY (pg_terminate_backend, a restart), psycopg2 2.9
+    raises the server's error, then tries to raise libpq's on top of it, fails, and prints both with PyErr_Print
+    (its pq_raise called twice in _pq_copy_in_v3) before raising a bare "invalid socket". The print put half a
+    traceback under the CLI's `Error:` line and the real cause was lost; it is caught here and read back by
+    _lost_connection_error. COPY runs in the caller's thread, and nothing else prints meanwhile."""
+    buffer = io.StringIO()
+    saved, sys.stderr = sys.stderr, buffer
+    try:
+        yield buffer
+    finally:
+        sys.stderr = saved
+
+
+_PRINTED_ERROR = re.compile(r"^psycopg2\.(?:errors\.)?\w+: (.+)$", re.MULTILINE)
+
+
+def _lost_connection_error(printed: str, exc: psycopg2.Error) -> psycopg2.Error | None:
+    """The server's own error (e.g. "terminating connection due to administrator command") in place of
+    psycopg2's "invalid socket", when psycopg2 printed it instead of raising it."""
+    match = _PRINTED_ERROR.search(printed)
+    if match is None:
+        if printed.strip():
+            sys.stderr.write(printed)  # not the case above: let it through as it was
+        return None
+    libpq = (str(exc).strip().splitlines() or ["?"])[0]
+    return psycopg2.OperationalError(f"{match.group(1).strip()} (the connection was lost during COPY: {libpq})")
 
 
 class _QueueReader:
@@ -125,15 +164,21 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
                 raise item
             reader = _QueueReader(chunks_out, on_chunk)
             try:
-                cur.copy_expert(item.statement, reader, size=CHUNK_BYTES)
-            except psycopg2.Error:
+                with _server_error_printout() as printed:
+                    cur.copy_expert(item.statement, reader, size=CHUNK_BYTES)
+            except psycopg2.Error as exc:
                 # psycopg2 turns an exception raised by read() into a generic "COPY from stdin failed: error in
                 # .read() call" database error, which callers would report as a failed statement. When the
                 # producer failed (a corrupt or invalid file), raise its own exception so it keeps its type
                 # (InvalidBackupError) and message.
                 if reader.error is not None:
                     raise reader.error from None
+                lost = _lost_connection_error(printed.getvalue(), exc)
+                if lost is not None:
+                    raise lost from None
                 raise
+            if printed.getvalue():
+                sys.stderr.write(printed.getvalue())  # printed without failing: not ours to hide
             if not reader.ended:
                 # COPY finished without reading the end marker: drain to keep producer and consumer in step.
                 while reader.read():
