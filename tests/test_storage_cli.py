@@ -225,7 +225,7 @@ def test_s3_temp_download_is_removed_whatever_happens(s3_bucket, backup_dir_env)
     with pytest.raises(RuntimeError):
         with _downloaded(f.name, no_progress) as (path, source):
             assert path.read_bytes() == f.read_bytes() and source["sha256"] == sha256_file(f)
-            assert path.parent.parent == backup_dir_env.parent  # next to BACKUP_DIR, not in it
+            assert path.parent.parent == backup_dir_env  # in BACKUP_DIR: nothing is written outside it (issue 7)
             raise RuntimeError("restore failed")
 
     assert not path.exists() and not path.parent.exists()

@@ -14,6 +14,12 @@ import ijson
 from ..errors import InvalidBackupError
 
 _BATCH = 2000
+READ_BYTES = 1 << 20
+# One value (a row, the metadata, a table's header field) may span at most this much of the document, or
+# max_line if smaller: a value is built in memory, and its Python objects take up to ~10x its JSON text.
+VALUE_BYTES = 64 << 20
+_LIMIT_HINT = ("In files not in this tool's line layout one value may span at most 64 MB (or "
+               "BACKUP_MAX_LINE_BYTES if smaller); a larger one is most likely a damaged or hostile file.")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -36,13 +42,40 @@ def _bad(message: str) -> InvalidBackupError:
     return InvalidBackupError(message)
 
 
-class GenericParser:
-    def __init__(self, source, name: str, make_header: Callable[[Any, Any], Any]):
+class _Feed:
+    """What ijson reads: the decompressed document, counted, refusing more than `limit` bytes without an event.
+
+    yajl keeps an unfinished token (the endless string or number of a decompression bomb) in memory, re-scanning
+    it on every read, and collects all the events of one read before handing out the first: reads of 1 MB
+    bound the second, `limit` bounds the first (and refuses an endless run of whitespace).
+    """
+
+    def __init__(self, source, limit: int, name: str):
+        self._source = source
+        self.limit = limit
         self.name = name
+        self.total = 0  # bytes handed to the parser
+        self.mark = 0  # `total` when the parser last produced an event
+
+    def read(self, n: int) -> bytes:
+        if self.total - self.mark > self.limit:
+            raise InvalidBackupError(f"{self.name}: a JSON value (or a run of whitespace) is longer than "
+                                     f"{self.limit} bytes", _LIMIT_HINT)
+        data = self._source.read(n)
+        self.total += len(data)
+        return data
+
+
+class GenericParser:
+    def __init__(self, source, name: str, make_header: Callable[[Any, Any], Any], max_line: int = 512 << 20):
+        self.name = name
+        self._limit = min(max_line, VALUE_BYTES)
+        self._feed = _Feed(source, self._limit, name)
+        self._value_from: int | None = None  # where the value being built started (bounded by _limit)
         # use_float=False: with use_float=True ijson's C backend (yajl) parses integers as C long long and
         # rejects -9223372036854775808 (int8's minimum) and any larger integer with "integer overflow", so a
         # valid file holding them could not be restored. Numbers come back as int / Decimal; _number() maps them.
-        self._events = self._wrap(ijson.basic_parse(source, use_float=False))
+        self._events = self._wrap(ijson.basic_parse(self._feed, buf_size=READ_BYTES, use_float=False))
         self._make_header = make_header
         self.metadata: Any = None
         self._pending_key: str | None = None
@@ -60,25 +93,62 @@ class GenericParser:
 
     def _next(self) -> tuple[str, Any]:
         try:
-            return next(self._events)
+            item = next(self._events)
         except StopIteration:
             raise _bad(f"{self.name} ends early (truncated JSON)") from None
+        feed = self._feed
+        feed.mark = feed.total
+        if self._value_from is not None and feed.total - self._value_from > self._limit:
+            raise InvalidBackupError(f"{self.name}: a JSON value is longer than {self._limit} bytes", _LIMIT_HINT)
+        return item
 
     def _build(self, event: str, value: Any) -> Any:
+        """The value that starts with (event, value), built in memory from at most _limit bytes of input."""
+        self._value_from = self._feed.total
+        try:
+            return self._build_value(event, value)
+        finally:
+            self._value_from = None
+
+    def _build_row(self, event: str, header, row_number: int) -> list[Any]:
+        """One row, refused as soon as it holds more values than columns or a nested value: building it whole
+        first let one hostile row of millions of values exhaust memory before its width was checked."""
+        if event != "start_array":
+            raise _bad(f"table {header.key!r}: a row near row {row_number} is not an array")
+        width = len(header.columns)
+        row: list[Any] = []
+        self._value_from = self._feed.total
+        try:
+            while True:
+                ev, val = self._next()
+                if ev == "end_array":
+                    return row
+                if ev in ("start_array", "start_map"):
+                    kind = "list" if ev == "start_array" else "dict"
+                    raise _bad(f"table {header.key!r}: values of type {kind} near row {row_number}; "
+                               "values must be strings, numbers, booleans or null")
+                if len(row) == width:
+                    raise _bad(f"table {header.key!r}: row {row_number} has more than {width} values, "
+                               f"expected {width} (one per column)")
+                row.append(_number(val) if ev == "number" else val)
+        finally:
+            self._value_from = None
+
+    def _build_value(self, event: str, value: Any) -> Any:
         if event == "start_map":
             obj: dict[str, Any] = {}
             while True:
                 ev, val = self._next()
                 if ev == "end_map":
                     return obj
-                obj[val] = self._build(*self._next())
+                obj[val] = self._build_value(*self._next())
         if event == "start_array":
             arr: list[Any] = []
             while True:
                 ev, val = self._next()
                 if ev == "end_array":
                     return arr
-                arr.append(self._build(ev, val))
+                arr.append(self._build_value(ev, val))
         if event in ("end_map", "end_array", "map_key"):
             raise _bad(f"{self.name} is not valid JSON")
         if event == "number":
@@ -183,7 +253,7 @@ class GenericParser:
             ev, val = self._next()
             if ev == "end_array":
                 break
-            batch.append(self._build(ev, val))
+            batch.append(self._build_row(ev, header, state["rows"] + len(batch) + 1))
             if len(batch) >= _BATCH:
                 check_rows(batch, header, state["rows"])
                 state["rows"] += len(batch)

@@ -103,4 +103,9 @@ class ArchiveWriter:
             self._gz.close()
         except Exception:  # noqa: BLE001 - abandoning a partial file; the caller deletes it
             pass
-        self._raw.close()
+        try:
+            self._raw.close()
+        except OSError:
+            # Closing flushes the buffered tail, which fails again on a full disk (EFBIG/ENOSPC): raised from
+            # the caller's error handler it replaced the "no space left" StorageError with a traceback.
+            pass

@@ -9,10 +9,15 @@ import click
 from ..errors import BackupError, ExitCode
 
 
+def _one_line(text: str) -> str:
+    """Control characters escaped: a message quoting a hostile name (`backup….gz\\n…`) stays one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def print_error(message: str, hint: str | None) -> None:
-    click.secho(f"Error: {message}", fg="red", err=True)
+    click.secho(f"Error: {_one_line(message)}", fg="red", err=True)
     if hint:
-        click.echo(f"Hint: {hint}", err=True)
+        click.echo(f"Hint: {_one_line(hint)}", err=True)
 
 
 def run_main(group: click.Group) -> None:
@@ -27,6 +32,11 @@ def run_main(group: click.Group) -> None:
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except MemoryError:
+        # Last line of defence, so that even this is an answer and not a traceback: the reader bounds what a
+        # hostile file makes it hold (BACKUP_MAX_LINE_BYTES), but a process under a tight limit can still run out.
+        print_error("out of memory", "Run with more memory, or lower BACKUP_MAX_LINE_BYTES to refuse huge rows sooner.")
+        sys.exit(int(ExitCode.ERROR))
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))

@@ -75,9 +75,12 @@ def _downloaded(name: str, progress: ProgressFn) -> Iterator[tuple[Path, dict[st
     """Download an S3 backup into a private temp dir (checksum verified by get) that is removed whatever happens."""
     validate_name(name)
     storage = s3_storage()
-    # Next to BACKUP_DIR rather than /tmp: backups can be large and /tmp is often a small RAM disk.
-    parent = get_settings().BACKUP_DIR.resolve().parent
-    with tempfile.TemporaryDirectory(prefix=".backup-s3-", dir=parent if parent.is_dir() else None) as tmp:
+    # Inside BACKUP_DIR rather than /tmp: backups can be large and /tmp is often a small RAM disk. Not next to it:
+    # nothing may be written outside BACKUP_DIR (its parent may not even be ours). The hidden `.backup-s3-*`
+    # directory is never a backup name, so listings and retention ignore it.
+    backup_dir = get_settings().BACKUP_DIR
+    backup_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".backup-s3-", dir=backup_dir) as tmp:
         path = storage.get(name, Path(tmp), progress=progress)
         yield path, {"location": "s3", "url": storage.url(name), "sha256": read_sidecar(path)}
 

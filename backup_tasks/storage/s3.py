@@ -183,6 +183,12 @@ class S3Storage:
             )
         if code in _DENIED:
             return StorageError(f"S3 {action} denied on {self.url()} ({detail})", hint=_CRED_HINT)
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if isinstance(status, int) and status >= 500:
+            # Without a hint a user could not tell that this was already retried, nor what to do next.
+            return StorageError(f"S3 {action} failed on {self.url(name or '')} ({detail}, HTTP {status})",
+                                hint="The S3 service kept answering with a server error, also when retried with "
+                                     "backoff; try again later (local backups are left as they were).")
         return StorageError(f"S3 {action} failed on {self.url(name or '')} ({detail})")
 
     def _bucket_exists(self) -> bool:
