@@ -40,8 +40,11 @@ def encode_rows(rows: list[list[Any]], ncolumns: int) -> bytes:
     a number or boolean given for a text column is stored as its JSON text (documented in the README)."""
     if not ncolumns:
         return b"\n" * len(rows)
-    if isinstance(rows, RawBlock):  # lines exactly as backup_tasks wrote them (checksum verified)
-        return lines_to_copy_text(rows.raw)
+    if isinstance(rows, RawBlock):  # lines as backup_tasks wrote them (checksum verified), if their shape says so
+        data = lines_to_copy_text(rows.raw, width=ncolumns)
+        if data is not None:
+            return data
+        rows = rows.parse()  # edited after the checksum was recorded: parsed and checked like any file's rows
     raw = getattr(rows, "raw", None)
     lines = raw if raw is not None and is_canonical(rows, raw) else dump_rows(rows)
     return lines_to_copy_text(lines)
