@@ -79,3 +79,22 @@ def run_sql(url: str, statements: str) -> None:
             cur.execute(statements)
     finally:
         conn.close()
+
+
+@pytest.fixture
+def owner_role():
+    """A LOGIN role without superuser; dropped afterwards, with every database it owns."""
+    role = f"bt_owner_{uuid.uuid4().hex[:8]}"
+    conn = _admin()
+    with conn.cursor() as cur:
+        cur.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
+    conn.close()
+    yield role
+    conn = _admin()
+    with conn.cursor() as cur:
+        cur.execute("SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = %s)",
+                    (role,))
+        for (name,) in cur.fetchall():
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        cur.execute(f'DROP ROLE IF EXISTS "{role}"')
+    conn.close()

@@ -6,7 +6,6 @@ from __future__ import annotations
 import gzip
 import json
 import random
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest

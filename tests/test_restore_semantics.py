@@ -10,7 +10,6 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import uuid
 from pathlib import Path
 
 import psycopg2
@@ -18,7 +17,7 @@ import pytest
 
 from backup_tasks.core import calculate_diff, create_backup, restore_backup
 from backup_tasks.errors import InvalidBackupError, RestoreError, SchemaMismatchError, UsageError
-from tests.conftest import _admin, db_url, run_sql
+from tests.conftest import db_url, run_sql
 from tests.oracle import assert_same, snapshot
 
 SCHEMA = """
@@ -317,25 +316,6 @@ def test_well_formed_file_with_bad_values_is_refused_and_rolled_back(shop, backu
 
 
 # -- non-superuser owner ---------------------------------------------------------------------------------------------
-
-@pytest.fixture
-def owner_role():
-    """A LOGIN role without superuser; dropped with every database it owns."""
-    role = f"bt_owner_{uuid.uuid4().hex[:8]}"
-    conn = _admin()
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE')
-    conn.close()
-    yield role
-    conn = _admin()
-    with conn.cursor() as cur:
-        cur.execute("SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = %s)",
-                    (role,))
-        for (name,) in cur.fetchall():
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'DROP ROLE IF EXISTS "{role}"')
-    conn.close()
-
 
 OWNER_SCHEMA = """
 CREATE TABLE accounts (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text, parent_id int REFERENCES accounts);

@@ -319,29 +319,6 @@ def test_partial_restore_across_partitions(torture_db, backup_dir):
     assert_same(before, snapshot(url))
 
 
-@pytest.fixture
-def owner_role():
-    """A LOGIN role without superuser, dropped (with every database it owns) afterwards."""
-    import uuid
-
-    from tests.conftest import _admin
-
-    role = f"bt_owner_{uuid.uuid4().hex[:8]}"
-    conn = _admin()
-    with conn.cursor() as cur:
-        cur.execute(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER')
-    conn.close()
-    yield role
-    conn = _admin()
-    with conn.cursor() as cur:
-        cur.execute("SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = %s)",
-                    (role,))
-        for (name,) in cur.fetchall():
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        cur.execute(f'DROP ROLE IF EXISTS "{role}"')
-    conn.close()
-
-
 def test_torture_roundtrip_as_non_superuser_owner(owner_role, make_db, backup_dir):
     """The whole torture schema created, backed up and restored by the database owner, who is no superuser
     (hstore and citext are trusted extensions). A table with FORCE ROW LEVEL SECURITY cannot be read whole by

@@ -176,7 +176,6 @@ def _detailed(cur, url: str, path: Path, db_tables: dict[str, Table], selected, 
             def from_database() -> Iterator[tuple[TableLoad, Any]]:
                 batches = iter_table_batches(reader_conn, tables,
                                              columns=[cols for _, cols, _ in compared.values()])
-                current = None
                 for i, (key, (table, cols, pk_index)) in enumerate(compared.items()):
                     load = TableLoad(key, _fingerprint_table(_temp("d", i + 1)))
 

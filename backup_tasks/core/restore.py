@@ -180,7 +180,6 @@ def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents) ->
         if header.columns != target.header.columns:
             raise InvalidBackupError(f"{reader.path.name}: table {header.key!r} has other columns than the "
                                      "metadata lists")
-        db_cols = {c.name: c for c in target.table.columns}
         load = TableLoad(header.key, copy_statement(target.table.ident, header.columns, freeze=True))
 
         def chunks(table=table, load=load, header=header) -> Iterator[tuple[bytes, Any]]:

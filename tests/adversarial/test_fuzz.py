@@ -27,7 +27,6 @@ import time
 import zlib
 from collections import Counter
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
 
 import psycopg2
