@@ -1,6 +1,6 @@
 """Loading rows with COPY FROM STDIN, fed by a producer thread.
 
-The producer parses the backup and encodes CSV while psycopg2 sends the previous chunk with the GIL released,
+The producer parses the backup and encodes COPY text while psycopg2 sends the previous chunk with the GIL released,
 so parsing and the server's work overlap. The COPY text is made from the backup's own JSON lines in bulk
 (archive/rowjson.py): NULL becomes \\N and '' an empty field, so they stay distinct.
 """
