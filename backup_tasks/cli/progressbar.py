@@ -35,7 +35,9 @@ class ProgressBar:
                 BarColumn(),
                 TextColumn("{task.fields[detail]}"),
                 TimeElapsedColumn(),
-                console=Console(stderr=True),
+                # The process's own stderr, bound now: pg/copy_in.py swaps sys.stderr during a COPY to catch
+                # psycopg2's printout, and the bar refreshes from its own thread meanwhile.
+                console=Console(file=sys.__stderr__ or sys.stderr),
                 transient=True,
             )
             self._progress.start()
