@@ -39,6 +39,8 @@ class ProgressBar:
                 # psycopg2's printout, and the bar refreshes from its own thread meanwhile.
                 console=Console(file=sys.__stderr__ or sys.stderr),
                 transient=True,
+                redirect_stdout=False,  # rich would swap sys.stdout/stderr for the whole job; output goes
+                redirect_stderr=False,  # straight to the terminal instead (the bar is on its own stream)
             )
             self._progress.start()
             self._task = self._progress.add_task(event.phase, total=None, detail="")
