@@ -112,6 +112,7 @@ class DiffSummary(BaseModel):
     backup_timestamp: datetime | None = None
     backup_migration_version: str | None = None
     current_migration_version: str | None = None
+    backup_database_name: str | None = None
 
 
 class RestoredTable(BaseModel):

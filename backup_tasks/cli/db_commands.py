@@ -82,7 +82,7 @@ def restore(file, dry_run, yes, tables, database_url, local, no_wait):
     click.echo(f"Migration version: {d.get('backup_migration_version') or '(none)'}")
     render_diff_tables(d)
     click.echo(f"Total: {d['total_current_rows']} rows → {d['total_backup_rows']} rows ({d['total_diff']:+d})")
-    confirm_restore(d.get("target_database"), d.get("backup_database"), yes)
+    confirm_restore(d.get("target_database"), d.get("backup_database_name"), yes)
     result = run_job("restore", {"file": file, "database_url": database_url, "tables": tables, "show_diff": False},
                      local=local, no_wait=no_wait)
     if result is not None:

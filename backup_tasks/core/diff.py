@@ -83,6 +83,7 @@ def calculate_diff(backup_path: Path, *, database_url: str | None = None, detail
         tables=result, total_current_rows=total_current, total_backup_rows=total_backup,
         total_diff=total_backup - total_current, backup_name=path.name,
         backup_timestamp=contents.metadata.timestamp, backup_migration_version=contents.metadata.migration_version,
+        backup_database_name=contents.metadata.database_name,
         current_migration_version=current_version,
     )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..archive.reader import scan
-from ..checksum import read_sidecar, sha256_file
+from ..checksum import check_recorded, read_sidecar, sha256_file
 from ..errors import BackupError, IntegrityError
 from ..models import VerifyResult
 from ..progress import Progress, ProgressFn, Throttle
@@ -17,9 +17,10 @@ def verify_backup(path: Path, *, progress: ProgressFn | None = None, require_che
     path = Path(path)
     report = Throttle(progress)
     recorded = read_sidecar(path)
-    digest = sha256_file(path) if path.is_file() else None
-    if recorded is not None and digest != recorded:
-        raise IntegrityError(f"{path.name}: SHA-256 {digest} differs from the recorded {recorded}")
+    if recorded is not None:
+        digest = check_recorded(path)  # raises IntegrityError on a mismatch
+    else:
+        digest = sha256_file(path) if path.is_file() else None
     if recorded is None and require_checksum:
         raise IntegrityError(f"{path.name}: no SHA-256 was recorded for this file")
 

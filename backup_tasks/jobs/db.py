@@ -70,14 +70,7 @@ def diff(*, progress: ProgressFn, file: str, database_url: str | None = None, de
          tables: list[str] | None = None, allow_paths: bool = True) -> dict[str, Any]:
     path = resolve_backup_file(file, allow_paths=allow_paths)
     summary = calculate_diff(path, database_url=database_url, detailed=detailed, progress=progress, tables=tables)
-    return {**summary.model_dump(mode="json"), **_target(database_url), "file": str(path),
-            "backup_database": _backup_database(path)}
-
-
-def _backup_database(path: Path) -> str | None:
-    from ..archive.reader import read_metadata
-
-    return read_metadata(path).database_name
+    return {**summary.model_dump(mode="json"), **_target(database_url), "file": str(path)}
 
 
 def restore_file(path: str, *, progress: ProgressFn, database_url: str | None = None, dry_run: bool = False,
