@@ -23,8 +23,8 @@ from ..errors import InvalidBackupError, NotFoundError
 from ..models import FORMAT_VERSION, BackupMetadata
 from ..pg.catalog import parse_table_key, table_key
 
-READ_SIZE = 1 << 20
-BATCH_BYTES = 1 << 20  # parse rows in ~1 MB groups of lines: fast, and bounded
+READ_SIZE = 512 << 10
+BATCH_BYTES = 512 << 10  # rows in ~0.5 MB groups of lines: fast, and bounded (see pg/memory.py)
 GENERIC_BATCH_ROWS = 2000
 # The layout is detected from the first line, read up to this many bytes. A longer first line (a huge metadata
 # table of contents, or a whole single-line document) is read by the generic parser instead, which is always
@@ -497,10 +497,9 @@ class BackupReader:
             if block:
                 if done and not comma_pending:
                     raise _bad(f"{name}: table {header.key!r}: rows near row {done + 1} are not separated by a comma")
-                body = block[:-1]  # drop the final newline
-                comma_pending = body.endswith(b",")
-                if comma_pending:
-                    body = body[:-1]
+                # Drop the final newline and the comma before it, if any, in one copy of the block.
+                comma_pending = block.endswith(b",\n")
+                body = block[:-2] if comma_pending else block[:-1]
                 if not self.parse_rows:
                     count = body.count(b"\n") + 1
                     block_start, done = done, done + count

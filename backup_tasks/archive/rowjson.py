@@ -52,7 +52,7 @@ def lines_to_copy_text(lines: bytes, width: int | None = None) -> bytes | None:
     """Canonical JSON lines (dump_rows output) to COPY's text format, in bulk byte operations.
 
     JSON's string escapes \\n \\t \\r \\b \\f \\\\ are also COPY text escapes with the same meaning, so string
-    contents pass through unchanged except escaped quotes (a plain " in COPY text) and \\u00XX (COPY's \\xXX).
+    contents pass through unchanged (COPY reads \\" as a plain ") except \\u00XX (COPY's \\xXX).
     What changes is the structure outside strings: with escaped backslashes and quotes set aside (NUL and 0x01
     never occur raw in JSON), every remaining " delimits a string, so splitting on it separates the parts
     outside strings, where `,` becomes a tab, `null` becomes \\N and `],\\n[` ends a line. The server parses
@@ -68,14 +68,15 @@ def lines_to_copy_text(lines: bytes, width: int | None = None) -> bytes | None:
     if width is not None and lines.translate(None, _NOT_CONTROL):
         return None  # raw control characters other than the row separators: never in JSON (a raw tab splits a value)
     data = lines
-    backslashes = b"\\\\" in data
-    if backslashes:
-        data = data.replace(b"\\\\", b"\x00")
-    quotes = b'\\"' in data
-    if quotes:
-        data = data.replace(b'\\"', b"\x01")
-    if width is not None and _OTHER_ESCAPE.search(data):
-        return None
+    # One memchr-speed test spares four searches for two-byte patterns (~3 ns a byte) on tables without escapes.
+    escapes = b"\\" in data
+    if escapes:
+        # Equal-length placeholders: bytes.replace then copies and patches in place instead of rebuilding the
+        # buffer (measured 1.9 -> 0.6 ns a byte on the benchmark's mixed table). `\"` stays `\"` in COPY text,
+        # where a backslash before a character without a special meaning stands for that character.
+        data = data.replace(b"\\\\", b"\x00\x00").replace(b'\\"', b"\x01\x01")
+        if width is not None and _OTHER_ESCAPE.search(data):
+            return None
     parts = data.split(b'"')
     outside = b"\x02".join(parts[0::2])
     if width is not None and not _plain_rows(outside, width, len(parts)):
@@ -83,10 +84,9 @@ def lines_to_copy_text(lines: bytes, width: int | None = None) -> bytes | None:
     outside = outside.replace(b"],\n[", b"\n").replace(b",", b"\t").replace(b"null", b"\\N")
     parts[0::2] = outside[1:-1].split(b"\x02")
     data = b"".join(parts)
-    if quotes:
-        data = data.replace(b"\x01", b'"')
-    if b"\\u" in data:  # orjson writes \u00XX only for control characters other than \b \f \n \r \t
+    if escapes:
+        # orjson writes \u00XX only for control characters other than \b \f \n \r \t. (The regex's scan for a
+        # match costs half of `b"\\u" in data`.)
         data = _UNICODE_ESCAPE.sub(rb"\\x\1", data)
-    if backslashes:
-        data = data.replace(b"\x00", b"\\\\")
+        data = data.replace(b"\x01\x01", b'\\"').replace(b"\x00\x00", b"\\\\")
     return data + b"\n"

@@ -21,7 +21,7 @@ from ..archive.reader import RawBlock
 from ..archive.rowjson import dump_rows, is_canonical, lines_to_copy_text
 from .handoff import Handoff
 
-CHUNK_BYTES = 1 << 20
+CHUNK_BYTES = 512 << 10  # see pg/memory.py
 
 
 def copy_statement(ident: sql.Composable, columns: list[str], *, freeze: bool = False) -> sql.Composable:
