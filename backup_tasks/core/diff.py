@@ -1,23 +1,31 @@
 """calculate_diff: what a restore of the backup would change, per table.
 
 Row counts come from one pass over the file. With detailed=True every table that has a primary key and the same
-columns in both places is compared row by row: each side is reduced to (key hash, row hash) pairs in temporary
-tables (server-side, so client memory stays bounded) that the server joins: rows to insert, to delete and to
+columns in both places is compared row by row: the file and the database are read at the same time, each row
+reduced to a (key hash, row hash) pair in a temporary table (server-side, so client memory stays bounded); tables
+whose pairs add up differently on the two sides are joined by the server: rows to insert, to delete and to
 change. The transaction is rolled back at the end, so nothing persists.
 """
 
 from __future__ import annotations
 
+import queue
+import sys
+import threading
+from array import array
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
+import orjson
 import psycopg2
 from psycopg2 import sql
 
-from ..archive.reader import BackupReader, Contents, scan
-from ..errors import DatabaseError
-from ..models import DiffSummary, TableDiff
+from ..archive.reader import BackupReader, Contents, RawBlock, read_contents_fast, scan
+from ..archive.rowjson import dump_rows
+from ..checksum import check_recorded
+from ..errors import DatabaseError, IntegrityError, InvalidBackupError
+from ..models import FORMAT_NAME, DiffSummary, TableDiff
 from ..pg.catalog import Table, read_catalog, read_migration_version
 from ..pg.connection import connection, pg_error_message, privilege_hint
 from ..pg.copy_in import TableLoad, run_copy_pipeline
@@ -111,97 +119,242 @@ def _comparable(header, table: Table | None) -> bool:
     return True
 
 
-def _fingerprints(rows, pk_index: list[int]) -> bytes:
-    """COPY text lines `key_hash<TAB>row_hash` for a batch, with Python's 64-bit SipHash of the values.
-
-    Both sides are hashed here, in this process, from the same values (the file's JSON scalars and the
-    database's values read exactly as a backup reads them), so equal hashes mean equal rows up to a 2^-64
-    collision. Hashing tuples keeps the work in C: no per-row serialisation."""
-    if not rows:
-        return b""
-    row_hashes = map(hash, map(tuple, rows))
-    key_hashes = map(hash, map(itemgetter(*pk_index), rows))
-    return b"\n".join(map(b"%d\t%d".__mod__, zip(key_hashes, row_hashes))) + b"\n"
+# Integer types (int2, int4, int8): written as bare JSON numbers, so a key made of them cannot hold a comma.
+_INTEGER_OIDS = frozenset({20, 21, 23})
+_MASK = (1 << 64) - 1
 
 
-def _fingerprint_table(temp: sql.Composable) -> sql.Composable:
-    # Created in the same statement as its COPY, in the thread that runs the COPYs (the producer thread must
-    # not run statements: it would interrupt the COPY in progress).
-    return sql.SQL("CREATE TEMP TABLE {} (k bigint, h bigint) ON COMMIT DROP; COPY {} FROM STDIN").format(temp, temp)
+class _RowKeys:
+    """How a table's rows are fingerprinted: (key hash, row hash) per row.
+
+    The row hash is the hash of the row's JSON line. Both sides have the same bytes for the same row: the file's
+    lines as backup_tasks wrote them (or the parsed rows written again the same way), and the database's rows
+    encoded exactly as a backup encodes them (archive/rowjson.dump_rows). Hashing a line is one C call; hashing
+    the row's values needed the values (a JSON parse of the file) and a tuple per row.
+
+    The key: when the primary key is made of integer columns at the start of the row, as usual, its text is
+    taken from the start of each line (integers hold no comma); otherwise the values are needed."""
+
+    def __init__(self, table: Table, columns: list[str], pk_index: list[int]):
+        types = {c.name: c.type_oid for c in table.columns}
+        self.k = len(pk_index)
+        self.width = len(columns)
+        self.prefix = (pk_index == list(range(self.k)) and all(types[columns[i]] in _INTEGER_OIDS for i in pk_index))
+        self._key_of = itemgetter(*pk_index)
+
+    def fingerprints(self, block: bytes, rows: list | None, tag: int, totals: list[int]) -> bytes:
+        """COPY binary rows (tag, key hash, row hash) for a block of row lines (`[..],\\n[..]`, canonical);
+        `rows`: the same rows as values, if at hand (else parsed from the block when the key needs them).
+        Adds the rows' count and the sums of their key and row hashes to `totals`."""
+        if not block:
+            return b""
+        lines = block.split(b",\n")  # a raw newline never occurs inside a JSON string
+        if self.prefix:
+            # Measured per row on the benchmark's mixed table: 115 ns, where a regex over the block took 2.7 µs.
+            k = self.k
+            try:
+                if self.width == k:
+                    keys = [line[1:-1] for line in lines]
+                elif k == 1:
+                    keys = [line[1:line.index(b",")] for line in lines]
+                else:
+                    keys = [tuple(line[1:].split(b",", k)[:k]) for line in lines]
+            except ValueError:  # a line without the comma after its key: not a row of this table's width
+                raise InvalidBackupError("a row has fewer values than the table has columns") from None
+        else:
+            if rows is None:
+                try:
+                    rows = orjson.loads(b"[" + block + b"]")
+                except orjson.JSONDecodeError as exc:
+                    raise InvalidBackupError(f"invalid JSON in the rows ({exc})") from None
+            keys = map(self._key_of, rows)
+        key_hashes, row_hashes = array("q", map(hash, keys)), array("q", map(hash, lines))
+        totals[0] += len(row_hashes)
+        totals[1] = (totals[1] + sum(key_hashes)) & _MASK
+        totals[2] = (totals[2] + sum(row_hashes)) & _MASK
+        return _binary_rows(tag, key_hashes, row_hashes)
+
+
+# COPY's binary format: a header, then per row the field count and each field's length and big-endian bytes, then
+# -1. Interleaving the int64 arrays into that layout with strided slice assignments costs ~90 ns a row, against
+# ~200 ns for formatting "%d\t%d" text (and the server parses no digits).
+_BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_BINARY_TRAILER = b"\xff\xff"
+_ROW_SIZE = 2 + 4 + 4 + 4 + 8 + 4 + 8  # 3 fields: tag int4, key hash int8, row hash int8
+
+
+def _binary_rows(tag: int, keys: array, hashes: array) -> bytes:
+    if sys.byteorder == "little":
+        keys.byteswap()
+        hashes.byteswap()
+    kb, hb = keys.tobytes(), hashes.tobytes()
+    row = b"\x00\x03\x00\x00\x00\x04" + tag.to_bytes(4, "big") + b"\x00\x00\x00\x08" + bytes(8) + b"\x00\x00\x00\x08" + bytes(8)
+    out = bytearray(row * len(keys))
+    for j in range(8):
+        out[14 + j::_ROW_SIZE] = kb[j::8]
+        out[26 + j::_ROW_SIZE] = hb[j::8]
+    return bytes(out)
+
+
+_TEMP = sql.Identifier("backup_tasks_diff")
 
 
 def _detailed(cur, url: str, path: Path, db_tables: dict[str, Table], selected, max_line: int,
               report: Throttle) -> tuple[Contents, dict[str, tuple[int, int, int]]]:
-    """Row-level diff in bounded memory: both sides are reduced to (key hash, row hash) pairs in temporary
-    tables on the server, which joins them. Costs about one backup's read of each side."""
-    compared: dict[str, tuple[Table, list[str], list[int]]] = {}
-    headers = []
+    """Row-level diff in bounded memory.
 
-    with BackupReader(path, max_line) as reader:
-        total = reader.compressed_size
+    Both sides are reduced to (key hash, row hash) pairs at the same time, in two threads: the file's in one,
+    the database's (read on a second connection, as a backup reads it) in the other; the server's work for the
+    read overlaps the file's parsing (measured: the sides one after the other took 3.9 s + 9.0 s at 3 M rows).
+    The pairs go through one COPY into one temporary table. A table whose two sides have the same row count and
+    the same sums of key and row hashes holds the same rows (up to a 2^-64 chance); only the others are joined
+    by the server: rows to insert, to delete and to change. The transaction is rolled back at the end."""
+    contents = read_contents_fast(path, max_line) or scan(path, max_line)
+    compared: list[tuple[str, Table, list[str], _RowKeys]] = []
+    for header in contents.tables:
+        table = db_tables.get(header.key)
+        if (selected is None or header.key in selected) and _comparable(header, table):
+            compared.append((header.key, table, header.columns,
+                             _RowKeys(table, header.columns, [header.columns.index(c) for c in table.primary_key])))
+    index_of = {key: i for i, (key, _, _, _) in enumerate(compared)}
+    # Per table and side (tag = 2 * table index + side): [rows, sum of key hashes, sum of row hashes].
+    totals = [[0, 0, 0] for _ in range(2 * len(compared))]
+    # A file that matches the SHA-256 recorded when backup_tasks wrote it holds its lines exactly as written:
+    # they are hashed as they are (0.16 s for the checksum of the 126 MB file of 3 M rows). Any other file is
+    # parsed and its rows written again the canonical way.
+    trusted = _matches_recorded_checksum(path) and contents.metadata.format == FORMAT_NAME
+    result: list[Contents] = []
 
-        def from_file() -> Iterator[tuple[TableLoad, Any]]:
+    def file_side(put) -> None:
+        headers = []
+        with BackupReader(path, max_line, parse_rows=not trusted) as reader:
+            total = reader.compressed_size
             for table_rows in reader.tables():
                 header = table_rows.header
                 headers.append(header)
-                table = db_tables.get(header.key)
-                wanted = selected is None or header.key in selected
-                if not wanted or not _comparable(header, table):
+                i = index_of.get(header.key)
+                if i is None or header.columns != compared[i][2]:
+                    if i is not None:
+                        raise InvalidBackupError(f"{path.name}: table {header.key!r} has other columns than "
+                                                 "its metadata lists")
                     for _ in table_rows.batches():
                         pass  # counted and checked by the reader
                     continue
-                pk_index = [header.columns.index(c) for c in table.primary_key]
-                compared[header.key] = (table, header.columns, pk_index)
-                load = TableLoad(header.key, _fingerprint_table(_temp("f", len(compared))))
+                keys, side = compared[i][3], totals[2 * i]
+                rows = 0
+                for batch in table_rows.batches():
+                    rows += len(batch)
+                    if isinstance(batch, RawBlock):
+                        data = keys.fingerprints(batch.raw, None, 2 * i, side)
+                    else:
+                        data = keys.fingerprints(dump_rows(batch), batch, 2 * i, side)
+                    mark = Progress("diff", header.key, rows, None, reader.compressed_done, total)
+                    if not put(data, mark):
+                        return
+            result.append(Contents(reader.metadata, headers, reader.src.uncompressed))
 
-                def chunks(table_rows=table_rows, load=load, pk_index=pk_index):
-                    for batch in table_rows.batches():
-                        load.rows += len(batch)
-                        yield _fingerprints(batch, pk_index), (load.key, load.rows)
-
-                yield load, chunks()
-
-        def on_chunk(mark) -> None:
-            report(Progress("diff", mark[0], mark[1], None, reader.compressed_done, total))
-
-        run_copy_pipeline(cur, from_file(), on_chunk=on_chunk)
-        contents = Contents(reader.metadata, headers, reader.src.uncompressed)
-
-    if compared:
-        # The database side is read on a second connection, exactly as a backup reads it, while this one
-        # loads its fingerprints.
+    def database_side(put) -> None:
+        if not compared:
+            return
         with connection(url) as reader_conn:
             reader_conn.set_session(readonly=True)
-            tables = [t for t, _, _ in compared.values()]
+            batches = iter_table_batches(reader_conn, [t for _, t, _, _ in compared],
+                                         columns=[cols for _, _, cols, _ in compared])
+            try:
+                for i, batch in batches:
+                    if batch is not END:
+                        keys = compared[i][3]
+                        if not put(keys.fingerprints(dump_rows(batch), batch, 2 * i + 1, totals[2 * i + 1]), None):
+                            return
+            finally:
+                batches.close()
 
-            def from_database() -> Iterator[tuple[TableLoad, Any]]:
-                batches = iter_table_batches(reader_conn, tables,
-                                             columns=[cols for _, cols, _ in compared.values()])
-                for i, (key, (table, cols, pk_index)) in enumerate(compared.items()):
-                    load = TableLoad(key, _fingerprint_table(_temp("d", i + 1)))
+    def chunks() -> Iterator[tuple[bytes, Any]]:
+        yield _BINARY_HEADER, None
+        yield from _merged([file_side, database_side])
+        yield _BINARY_TRAILER, None
 
-                    def chunks(load=load, pk_index=pk_index, i=i):
-                        for index, batch in batches:
-                            if batch is END:
-                                return
-                            load.rows += len(batch)
-                            yield _fingerprints(batch, pk_index), (load.key, load.rows)
+    def on_chunk(mark) -> None:
+        if mark is not None:
+            report(mark)
 
-                    yield load, chunks()
+    # Created before the COPY, in this thread (the producer threads must not run statements: it would interrupt
+    # the COPY in progress).
+    cur.execute(sql.SQL("CREATE TEMP TABLE {} (t int, k bigint, h bigint) ON COMMIT DROP").format(_TEMP))
+    load = TableLoad("diff", sql.SQL("COPY {} FROM STDIN WITH (FORMAT binary)").format(_TEMP))
+    run_copy_pipeline(cur, iter([(load, chunks())]), on_chunk=on_chunk)
+    contents = result[0]
 
-            run_copy_pipeline(cur, from_database())
-
-    return contents, {key: _compare(cur, _temp("f", i + 1), _temp("d", i + 1))
-                      for i, key in enumerate(compared)}
-
-
-def _temp(side: str, n: int) -> sql.Composable:
-    return sql.Identifier(f"backup_tasks_diff_{side}{n}")
+    differing = [i for i in range(len(compared)) if totals[2 * i] != totals[2 * i + 1]]
+    counts = _compare(cur, differing)
+    return contents, {key: counts.get(i, (0, 0, 0)) for i, (key, _, _, _) in enumerate(compared)}
 
 
-def _compare(cur, backup: sql.Composable, current: sql.Composable) -> tuple[int, int, int]:
+def _merged(producers: list[Callable[[Callable[[bytes, Any], bool]], None]]) -> Iterator[tuple[bytes, Any]]:
+    """Run each producer in its own thread and yield what they put, interleaved, until all have finished.
+
+    A producer calls put(data, mark), which returns False once the consumer has stopped (an error on either side,
+    Ctrl-C): the producer then returns. The first error of a producer is raised here."""
+    q: queue.Queue = queue.Queue(maxsize=4)  # bounded: a few blocks in flight
+    stop = threading.Event()
+    done = object()
+
+    def put_item(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(produce) -> None:
+        try:
+            produce(lambda data, mark: put_item((data, mark)))
+            put_item(done)
+        except BaseException as exc:  # raised in the consumer's thread
+            put_item(exc)
+
+    threads = [threading.Thread(target=run, args=(p,), name=f"diff-{p.__name__}", daemon=True) for p in producers]
+    for thread in threads:
+        thread.start()
+    try:
+        running = len(threads)
+        while running:
+            item = q.get()
+            if item is done:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            elif item[0]:
+                yield item
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+def _matches_recorded_checksum(path: Path) -> bool:
+    """A mismatch is no error here: the diff only reports (a restore refuses such a file)."""
+    try:
+        return check_recorded(path) is not None
+    except IntegrityError:
+        return False
+
+
+def _compare(cur, tables: list[int]) -> dict[int, tuple[int, int, int]]:
+    """(to insert, to delete, to change) for each table index, joining the file's rows (even tags) with the
+    database's (odd tags) on the key hash."""
+    if not tables:
+        return {}
+    # Statistics make the planner choose a hash join: without them it guesses billions of rows and sorts both
+    # sides for a merge join (measured 2.6 s against 1.5 s + 0.2 s for ANALYZE at 2 M rows).
+    cur.execute(sql.SQL("ANALYZE {}").format(_TEMP))
+    tags = [2 * i for i in tables]
     cur.execute(sql.SQL(
-        "SELECT count(*) FILTER (WHERE c.k IS NULL), count(*) FILTER (WHERE b.k IS NULL), "
-        "count(*) FILTER (WHERE b.h <> c.h) FROM {} b FULL JOIN {} c ON b.k = c.k").format(backup, current))
-    ins, dele, chg = cur.fetchone()
-    return int(ins), int(dele), int(chg)
+        "SELECT coalesce(b.t, c.t) / 2, count(*) FILTER (WHERE c.k IS NULL), count(*) FILTER (WHERE b.k IS NULL), "
+        "count(*) FILTER (WHERE b.h <> c.h) "
+        "FROM (SELECT t, k, h FROM {0} WHERE t = ANY(%s)) b "
+        "FULL JOIN (SELECT t - 1 AS t, k, h FROM {0} WHERE t - 1 = ANY(%s)) c ON b.t = c.t AND b.k = c.k "
+        "GROUP BY 1").format(_TEMP), (tags, tags))
+    return {int(i): (int(ins), int(dele), int(chg)) for i, ins, dele, chg in cur.fetchall()}

@@ -85,6 +85,9 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
             saved_fks = ops.drop_foreign_keys(cur, fks)
             saved_checks = ops.drop_unvalidated_checks(cur, targets)
             ops.truncate(cur, targets)
+            big = [p.table for p in plan.loads.values()
+                   if (p.header.row_count or 0) >= settings.BACKUP_REBUILD_INDEXES_MIN_ROWS]
+            saved_indexes = ops.drop_indexes_for_load(cur, big)
             # A partial restore (`tables=`) leaves every other table as it is, so the database as a whole is
             # not at the backup's migration version: only a full restore adjusts alembic_version.
             has_alembic = (not tables) and ops.set_migration_version(cur, catalog.alembic, meta.migration_version)
@@ -106,6 +109,7 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
                 if not reader.finished:
                     raise InvalidBackupError(f"{path.name} ended before the document was complete")
             report.flush()
+            ops.rebuild_indexes(cur, saved_indexes)
             ops.add_foreign_keys(cur, saved_fks)
             ops.add_foreign_keys(cur, saved_checks)  # same statement shape: ALTER TABLE … ADD CONSTRAINT … NOT VALID
             ops.enable_triggers(cur, triggers)
@@ -180,7 +184,7 @@ def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents) ->
         if header.columns != target.header.columns:
             raise InvalidBackupError(f"{reader.path.name}: table {header.key!r} has other columns than the "
                                      "metadata lists")
-        load = TableLoad(header.key, copy_statement(target.table.ident, header.columns, freeze=True))
+        load = TableLoad(header.key, copy_statement(target.table.ident, header.columns))
 
         def chunks(table=table, load=load, header=header) -> Iterator[tuple[bytes, Any]]:
             for batch in table.batches():
