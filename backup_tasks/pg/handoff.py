@@ -16,7 +16,7 @@ class Handoff:
     def __init__(self, maxsize: int):
         self._q: queue.Queue = queue.Queue(maxsize=maxsize)
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
 
     def put(self, item: Any) -> bool:
         """Queue `item`; False once the consumer has stopped (the producer should return)."""
@@ -32,11 +32,13 @@ class Handoff:
         return self._q.get()
 
     def start(self, produce: Callable[[], None], name: str) -> None:
-        self._thread = threading.Thread(target=produce, name=name, daemon=True)
-        self._thread.start()
+        """Run `produce` in a new thread; several producers may share one hand-off (the diff's two sides)."""
+        thread = threading.Thread(target=produce, name=name, daemon=True)
+        self._threads.append(thread)
+        thread.start()
 
     def close(self) -> None:
-        """Stop the producer and wait for it (it finishes its current step first)."""
+        """Stop the producers and wait for them (each finishes its current step first)."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        for thread in self._threads:
+            thread.join()
