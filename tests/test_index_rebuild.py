@@ -135,12 +135,22 @@ def test_indexes_and_key_constraints_come_back_identical(indexed_db, backup_dir)
         run_sql(url, "INSERT INTO outsider VALUES (1000, 100000)")
 
 
-def test_partial_restore_keeps_fk_from_table_not_restored(indexed_db, backup_dir):
+def test_partial_restore_rebuilds_only_the_selected_tables_indexes(indexed_db, backup_dir):
     url = indexed_db
+    original = snapshot(url)
     path = create_backup(backup_dir, database_url=url)
-    indexes = _indexes(url)
-    restore_backup(Path(path), database_url=url, tables=["parent", "child", "outsider"])
-    assert _without_oid(_indexes(url)) == _without_oid(indexes)
+    run_sql(url, "DELETE FROM child WHERE id > 450; UPDATE parent SET doc = jsonb_build_object('changed', true) WHERE id = 300")
+    before, indexes = snapshot(url), _indexes(url)
+
+    restore_backup(Path(path), database_url=url, tables=["child"])  # child references parent, not restored
+
+    after = _indexes(url)
+    assert _without_oid(after) == _without_oid(indexes)
+    assert {name for name in indexes if after[name][11] != indexes[name][11]} == {"child_pkey", "child_parent"}
+    now = snapshot(url)
+    assert now["tables"]["public.child"] == original["tables"]["public.child"] != before["tables"]["public.child"]
+    assert {k: v for k, v in now["tables"].items() if k != "public.child"} == {
+        k: v for k, v in before["tables"].items() if k != "public.child"}  # parent keeps its change
 
 
 def test_duplicate_key_in_file_is_refused_and_nothing_changes(indexed_db, backup_dir, tmp_path):

@@ -19,7 +19,7 @@ from psycopg2 import sql
 
 from ..archive.reader import RawBlock
 from ..archive.rowjson import dump_rows, is_canonical, lines_to_copy_text
-from .handoff import Handoff
+from .handoff import Handoff, yield_to_server
 
 CHUNK_BYTES = 512 << 10  # see pg/memory.py
 
@@ -134,6 +134,7 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
     put = chunks_out.put
 
     def produce() -> None:
+        yield_to_server()
         try:
             for load, chunks in tables:
                 control.put(load)

@@ -7,7 +7,9 @@ as the consumer stops (an error, Ctrl-C, a time limit) instead of blocking forev
 
 from __future__ import annotations
 
+import os
 import queue
+import sys
 import threading
 from typing import Any, Callable
 
@@ -42,3 +44,19 @@ class Handoff:
         self._stop.set()
         for thread in self._threads:
             thread.join()
+
+
+def yield_to_server(niceness: int = 5) -> None:
+    """Lower the calling thread's scheduling priority a little (Linux: nice applies per thread).
+
+    A restore's producer thread competes for the same cores with the PostgreSQL backend whose COPY paces the
+    restore (and with its WAL writer). Measured at 3 M rows on 2 cores, alternating pairs against nice 0: nice 15
+    was faster in 4 of 5 pairs (median 0.5 s of ~12 s), nice 5 in 3 of 3 (0.25-0.96 s). Nice 5 rather than more:
+    on a busy host a heavily deprioritised restore would hold its table locks longer. Lowering one's own
+    priority needs no privilege; elsewhere, or if refused, nothing changes."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
+    except (OSError, AttributeError):
+        pass
