@@ -24,7 +24,10 @@ from ..models import FORMAT_VERSION, BackupMetadata
 from ..pg.catalog import parse_table_key, table_key
 
 READ_SIZE = 512 << 10
-BATCH_BYTES = 512 << 10  # rows in ~0.5 MB groups of lines: fast, and bounded (see pg/memory.py)
+# Rows in groups of lines of at least this size: fast, and bounded (see pg/memory.py). Below READ_SIZE, so one chunk
+# read usually completes a block: with equal sizes every block needed a second chunk, and the search for the
+# table's end scanned the first one again.
+BATCH_BYTES = 384 << 10
 GENERIC_BATCH_ROWS = 2000
 # The layout is detected from the first line, read up to this many bytes. A longer first line (a huge metadata
 # table of contents, or a whole single-line document) is read by the generic parser instead, which is always
@@ -184,8 +187,9 @@ class _Lines:
                     return line
                 return None
 
-    def _take(self, end: int, width: int | None, table: str) -> bytes:
-        """buf[pos:end] (whole row lines), consumed. A block holding a huge line is first checked in place for more
+    def _take(self, end: int, width: int | None, table: str) -> tuple[bytes, bool]:
+        """buf[pos:end] (whole row lines), consumed, without its last newline and the comma before it (in one
+        copy), and whether there was that comma. A block holding a huge line is first checked in place for more
         values than `width` columns allow: parsed, its Python objects can take ~10x its text, so one hostile row
         of millions of values exhausted memory before its width was checked."""
         if width is not None and end - self.pos > BIG_BLOCK_BYTES:
@@ -193,24 +197,26 @@ class _Lines:
             if _commas_exceed(self.buf, rows * width, self.pos, end):
                 raise _bad(f"{self.src.name}: {table}: a row has more values than its {width} columns, "
                            "or nested values")
-        block = self.buf[self.pos:end]
+        stop = end - 1  # the newline
+        comma = stop > self.pos and self.buf[stop - 1] == 0x2C
+        block = self.buf[self.pos:stop - comma]
         self.pos = end
-        return block
+        return block, comma
 
-    def row_block(self, width: int | None = None, table: str = "a table") -> tuple[bytes, bool]:
-        """(complete row lines, trailer_next). Stops before the line that starts with `]`."""
+    def row_block(self, width: int | None = None, table: str = "a table") -> tuple[bytes, bool, bool]:
+        """(complete row lines, a comma followed them, trailer_next). Stops before the line that starts with `]`."""
         while True:
             nxt = self.peek()
             if nxt is None:
                 raise _bad(f"{self.src.name} ends inside a table's rows (truncated)")
             if nxt == 0x5D:  # "]": the table's closing line
-                return b"", True
+                return b"", False, True
             idx = self.buf.find(b"\n]", self.pos)
             if idx >= 0:
-                return self._take(idx + 1, width, table), True
+                return *self._take(idx + 1, width, table), True
             last = self.buf.rfind(b"\n", self.pos)
             if last >= 0 and last + 1 - self.pos >= BATCH_BYTES:
-                return self._take(last + 1, width, table), False
+                return *self._take(last + 1, width, table), False
             # The unfinished line after the last newline: complete rows before it do not excuse it (they let the
             # buffer grow without bound when an endless line followed a few short rows).
             if len(self.buf) - (last + 1 if last >= 0 else self.pos) > self.max_line:
@@ -218,7 +224,7 @@ class _Lines:
                            hint="Raise BACKUP_MAX_LINE_BYTES if the backup really holds such a row.")
             if not self.fill():
                 if last >= 0:
-                    return self._take(last + 1, width, table), False
+                    return *self._take(last + 1, width, table), False
                 raise _bad(f"{self.src.name} ends inside a table's rows (truncated)")
 
 
@@ -493,13 +499,11 @@ class BackupReader:
         comma_pending = state.get("comma", False)
         while True:
             width = len(header.columns) if self.parse_rows else None
-            block, trailer_next = lines.row_block(width, f"table {header.key!r}")
-            if block:
+            body, comma, trailer_next = lines.row_block(width, f"table {header.key!r}")
+            if body or comma:
                 if done and not comma_pending:
                     raise _bad(f"{name}: table {header.key!r}: rows near row {done + 1} are not separated by a comma")
-                # Drop the final newline and the comma before it, if any, in one copy of the block.
-                comma_pending = block.endswith(b",\n")
-                body = block[:-2] if comma_pending else block[:-1]
+                comma_pending = comma
                 if not self.parse_rows:
                     count = body.count(b"\n") + 1
                     block_start, done = done, done + count
