@@ -11,7 +11,7 @@ from pathlib import Path
 
 from backup_tasks.archive.rowjson import dump_rows
 from backup_tasks.core import calculate_diff, create_backup, restore_backup
-from backup_tasks.core.diff import _BINARY_HEADER, _BINARY_TRAILER, _RowKeys
+from backup_tasks.core.diff import _RowKeys
 from backup_tasks.pg.catalog import Column, Table
 from tests.conftest import run_sql
 
@@ -62,10 +62,6 @@ def test_composite_integer_key_and_key_only_rows():
     only_key = _RowKeys(_table([("id", 20)]), ["id"], [0])
     assert [k for _, k, _ in _decode(only_key.fingerprints(dump_rows([(5,), (6,)]), None, 0, [0, 0, 0]))] == [
         hash(b"5"), hash(b"6")]
-
-
-def test_binary_copy_framing():
-    assert _BINARY_HEADER == b"PGCOPY\n\xff\r\n\x00" + b"\x00" * 8 and _BINARY_TRAILER == b"\xff\xff"
 
 
 def test_swapped_values_and_same_count_changes_are_reported(make_db, backup_dir):

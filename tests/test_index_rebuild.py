@@ -18,7 +18,7 @@ from backup_tasks.core import create_backup, restore_backup
 from backup_tasks.errors import RestoreError
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot
-from tests.test_torture_roundtrip import CHANGES, _structure, torture_sections
+from tests.test_torture_roundtrip import CHANGES, _query, _structure, torture_sections
 
 SCHEMA = r"""
 CREATE TABLE parent (
@@ -66,16 +66,6 @@ INSERT INTO child (parent_id, parent_code, note) SELECT i % 300 + 1, 'code-' || 
 FROM generate_series(1, 900) i;
 INSERT INTO outsider SELECT i, i FROM generate_series(1, 50) i;
 """
-
-
-def _query(url: str, statement: str) -> list[tuple]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchall()
-    finally:
-        conn.close()
 
 
 def _indexes(url: str) -> dict[str, tuple]:
