@@ -145,8 +145,8 @@ def drop_indexes_for_load(cur, tables: list[Table]) -> list[SavedIndex]:
     Kept as they are (maintained during the load): indexes of partitions or attached to a partitioned index,
     those that are invalid, clustered, the replica identity, in their own tablespace, commented, with per-column
     statistics targets, constraints whose index is named otherwise or has storage parameters (the constraint's
-    definition omits them), tables the role does not own; and any index
-    whose DROP fails (something else depends on it), thanks to a savepoint each."""
+    definition omits them), tables the role does not own; and any index whose DROP fails (something else depends
+    on it), thanks to a savepoint each."""
     if not tables:
         return []
     cur.execute(
@@ -193,7 +193,7 @@ def drop_indexes_for_load(cur, tables: list[Table]) -> list[SavedIndex]:
 
 
 def rebuild_indexes(cur, saved: list[SavedIndex]) -> None:
-    # Constraints first: their order was kept, and unique indexes come before the rest within a table.
+    # In the order they were dropped: per table, its key constraints (PRIMARY KEY first), then its other indexes.
     for index in saved:
         if index.constraint:
             cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(index.table, sql.Identifier(index.name))
