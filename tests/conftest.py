@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -69,6 +70,29 @@ def settings_env(monkeypatch, backup_dir):
 
     yield apply
     reset_settings_cache()
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.1, what: str = "condition"):
+    """Poll until predicate() returns something truthy and return it; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def query(url: str, statement: str, params=None) -> list[tuple]:
+    """The rows of one statement, on a connection of its own, rolled back: reading the database independently."""
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    finally:
+        conn.rollback()
+        conn.close()
 
 
 def run_sql(url: str, statements: str) -> None:

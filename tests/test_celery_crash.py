@@ -9,7 +9,6 @@ import signal
 import threading
 import time
 
-import psycopg2
 import pytest
 
 from backup_tasks import locks
@@ -17,7 +16,7 @@ from backup_tasks.cli.dispatch import enqueue, follow, outcome
 from backup_tasks.errors import QueueError
 from tests.celery_worker import *  # noqa: F401,F403
 from tests.celery_worker import Worker, backupctl, wait_for
-from tests.conftest import run_sql
+from tests.conftest import query, run_sql
 from tests.oracle import assert_same, snapshot
 
 pytestmark = pytest.mark.celery
@@ -47,14 +46,8 @@ def in_phase(app, task_id: str, phase: str):
 
 
 def sessions(url: str) -> int:
-    conn = psycopg2.connect(url)
-    try:
-        cur = conn.cursor()
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND application_name = 'backup_tasks'")
-        return cur.fetchone()[0]
-    finally:
-        conn.close()
+    return query(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND application_name = 'backup_tasks'")[0][0]
 
 
 def test_sigkill_mid_restore_changes_nothing_and_frees_the_lock_after_its_ttl(celery_env, client_app, tmp_path):

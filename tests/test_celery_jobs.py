@@ -18,7 +18,7 @@ from backup_tasks.cli.dispatch import enqueue, follow, outcome
 from backup_tasks.errors import BusyError, NotFoundError, UsageError
 from tests.celery_worker import *  # noqa: F401,F403
 from tests.celery_worker import BACKUPCTL, ROOT, Worker, backupctl, wait_for
-from tests.conftest import run_sql
+from tests.conftest import query, run_sql
 from tests.oracle import assert_same, snapshot
 
 pytestmark = pytest.mark.celery
@@ -195,14 +195,8 @@ def blocker_on(url: str, table: str):
 
 def restore_waiting(url: str) -> bool:
     """A session of this database waits for a lock (the restore, behind the blocker)."""
-    conn = psycopg2.connect(url)
-    try:
-        cur = conn.cursor()
-        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
-                    "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
-        return cur.fetchone()[0] > 0
-    finally:
-        conn.close()
+    return query(url, "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                      "AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")[0][0] > 0
 
 
 def test_the_lock_refuses_a_second_restore_and_a_backup_while_a_restore_runs(celery_env, worker, client_app):

@@ -18,7 +18,7 @@ import psycopg2
 import pytest
 
 from backup_tasks.core import create_backup, restore_backup
-from tests.conftest import run_sql
+from tests.conftest import query, run_sql
 
 ACCOUNTS = 100_000  # per table: 200k accounts, big enough that the backup overlaps many writer commits
 OPENING = 1000
@@ -97,14 +97,8 @@ class Writer(threading.Thread):
 
 
 def _invariants(url: str) -> tuple[int, int, int]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(INVARIANTS)
-            total, broken, ledger = cur.fetchone()
-            return int(total), int(broken), int(ledger)
-    finally:
-        conn.close()
+    total, broken, ledger = query(url, INVARIANTS)[0]
+    return int(total), int(broken), int(ledger)
 
 
 @pytest.mark.slow

@@ -16,9 +16,9 @@ import pytest
 
 from backup_tasks.core import create_backup, restore_backup
 from backup_tasks.errors import RestoreError
-from tests.conftest import run_sql
+from tests.conftest import query, run_sql
 from tests.oracle import assert_same, snapshot
-from tests.test_torture_roundtrip import CHANGES, _query, _structure, torture_sections
+from tests.test_torture_roundtrip import CHANGES, _structure, torture_sections
 
 SCHEMA = r"""
 CREATE TABLE parent (
@@ -70,7 +70,7 @@ INSERT INTO outsider SELECT i, i FROM generate_series(1, 50) i;
 
 def _indexes(url: str) -> dict[str, tuple]:
     """Every index of the public tables: definition, flags, constraint definition, comment and oid."""
-    rows = _query(url, """
+    rows = query(url, """
         SELECT ic.relname, pg_get_indexdef(i.indexrelid), i.indisunique, i.indisprimary, i.indisclustered,
                i.indisreplident, i.indisvalid, con.conname, pg_get_constraintdef(con.oid), con.condeferrable,
                con.condeferred, obj_description(i.indexrelid, 'pg_class'), ic.oid,
@@ -169,7 +169,7 @@ def test_torture_schema_with_every_table_rebuilt(make_db, settings_env, backup_d
     run_sql(url, data)
     settings_env(url, BACKUP_REBUILD_INDEXES_MIN_ROWS="0")
     before, structure = snapshot(url), _structure(url)
-    index_defs = _query(url, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i "
+    index_defs = query(url, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i "
                              "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
                              "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') ORDER BY 1")
     path = create_backup(backup_dir, database_url=url)
@@ -179,7 +179,7 @@ def test_torture_schema_with_every_table_rebuilt(make_db, settings_env, backup_d
 
     assert_same(before, snapshot(url))
     assert _structure(url) == structure
-    assert _query(url, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i "
+    assert query(url, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i "
                        "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
                        "WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast') "
                        "ORDER BY 1") == index_defs

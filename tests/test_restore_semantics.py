@@ -17,7 +17,7 @@ import pytest
 
 from backup_tasks.core import calculate_diff, create_backup, restore_backup
 from backup_tasks.errors import InvalidBackupError, RestoreError, SchemaMismatchError, UsageError
-from tests.conftest import db_url, run_sql
+from tests.conftest import db_url, query, run_sql
 from tests.oracle import assert_same, snapshot
 
 SCHEMA = """
@@ -57,14 +57,7 @@ def shop(make_db) -> str:
 
 
 def _one(url: str, statement: str):
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchone()
-    finally:
-        conn.rollback()
-        conn.close()
+    return query(url, statement)[0]
 
 
 def _without(snap: dict, *keys: str) -> dict:

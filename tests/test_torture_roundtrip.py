@@ -16,7 +16,7 @@ import pytest
 
 from backup_tasks.core import calculate_diff, create_backup, restore_backup
 from backup_tasks.errors import UsageError
-from tests.conftest import run_sql
+from tests.conftest import query, run_sql
 from tests.oracle import assert_same, snapshot
 
 SQL_FILE = Path(__file__).with_name("torture_schema.sql")
@@ -99,22 +99,11 @@ def torture_db(make_db) -> str:
     return url
 
 
-def _query(url: str, statement: str, params=None) -> list[tuple]:
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall()
-    finally:
-        conn.rollback()
-        conn.close()
-
-
 def _structure(url: str) -> dict:
     """Constraints and trigger modes: a restore must put back every FK (validated) and every trigger's mode."""
-    fks = _query(url, "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated "
+    fks = query(url, "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid), convalidated "
                       "FROM pg_constraint WHERE contype IN ('f', 'c') AND conrelid <> 0 ORDER BY 1, 2")
-    triggers = _query(url, "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger "
+    triggers = query(url, "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger "
                            "WHERE NOT tgisinternal ORDER BY 1, 2")
     return {"fks": fks, "triggers": triggers}
 
@@ -122,17 +111,17 @@ def _structure(url: str) -> dict:
 def _check_application_after_restore(url: str) -> None:
     """What the application sees after a restore, beyond the oracle."""
     # Triggers did not fire during the load: no extra audit rows, no row rewritten twice.
-    assert _query(url, "SELECT count(*) FROM audit_log") == [(21,)]
-    assert _query(url, "SELECT max(touched), min(v) FROM trig_target") == [(1, "ROW 1!")]
-    assert _query(url, "SELECT name FROM employees WHERE id = 100") == [("boss (via trigger)",)]
-    assert _query(url, "SELECT sum(val) FROM measurements") == [(sum(i * 1.5 * 2 for i in range(1, 301)),)]
+    assert query(url, "SELECT count(*) FROM audit_log") == [(21,)]
+    assert query(url, "SELECT max(touched), min(v) FROM trig_target") == [(1, "ROW 1!")]
+    assert query(url, "SELECT name FROM employees WHERE id = 100") == [("boss (via trigger)",)]
+    assert query(url, "SELECT sum(val) FROM measurements") == [(sum(i * 1.5 * 2 for i in range(1, 301)),)]
     # Stored generated column: recomputed from its expression (it is not in the file).
-    assert _query(url, "SELECT count(*), count(*) FILTER (WHERE total = a * 10 + b) FROM gen_stored") == [(10, 10)]
+    assert query(url, "SELECT count(*), count(*) FILTER (WHERE total = a * 10 + b) FROM gen_stored") == [(10, 10)]
     # JSON text is kept byte for byte (duplicate keys, whitespace).
-    assert _query(url, "SELECT j::text FROM all_types WHERE label = 'bytes'") == [(JSON_WITH_DUPLICATES,)]
-    assert _query(url, "SELECT j::text FROM all_types WHERE label = 'json newline'") == [(JSON_WITH_WHITESPACE,)]
+    assert query(url, "SELECT j::text FROM all_types WHERE label = 'bytes'") == [(JSON_WITH_DUPLICATES,)]
+    assert query(url, "SELECT j::text FROM all_types WHERE label = 'json newline'") == [(JSON_WITH_WHITESPACE,)]
     # NULL and '' stay distinct.
-    assert _query(url, "SELECT count(*) FILTER (WHERE tx = ''), count(*) FILTER (WHERE tx IS NULL) "
+    assert query(url, "SELECT count(*) FILTER (WHERE tx = ''), count(*) FILTER (WHERE tx IS NULL) "
                        "FROM all_types WHERE label IN ('strings 3', 'all null')") == [(1, 1)]
 
     # The application's next INSERTs do not collide, and triggers are live again.
@@ -266,7 +255,7 @@ def test_detailed_diff_and_dry_run_on_the_torture_schema(torture_db, backup_dir)
             assert t.to_insert is None, key
     assert diff.tables["dupes"].has_primary_key is False
 
-    (total, div0, div1), = _query(url, "SELECT count(*), count(*) FILTER (WHERE id % 3 = 0), "
+    (total, div0, div1), = query(url, "SELECT count(*), count(*) FILTER (WHERE id % 3 = 0), "
                                        "count(*) FILTER (WHERE id % 3 = 1) FROM all_types")
     run_sql(url, CHANGES)
     changed = snapshot(url)
@@ -331,7 +320,7 @@ def test_torture_roundtrip_as_non_superuser_owner(owner_role, make_db, backup_di
     url = db_url(name, owner_role)
     schema, data = torture_sections()
     run_sql(url, schema)
-    assert _query(url, "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user") == [(False, False)]
+    assert query(url, "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user") == [(False, False)]
     run_sql(url, "ALTER TABLE secrets NO FORCE ROW LEVEL SECURITY")
     run_sql(url, data)
     run_sql(url, "ALTER TABLE secrets FORCE ROW LEVEL SECURITY")

@@ -172,21 +172,6 @@ def mutate_doc(text: str, change: Callable[[dict], Any]) -> dict:
     return doc
 
 
-# -- the database, read independently ----------------------------------------------------------------------------
-
-def query(url: str, statement: str, params: Any = None) -> list[tuple]:
-    import psycopg2
-
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement, params)
-            return cur.fetchall() if cur.description else []
-    finally:
-        conn.rollback()
-        conn.close()
-
-
 # -- every file the CLI writes ----------------------------------------------------------------------------------
 
 _AUDIT_RUNNER = r'''

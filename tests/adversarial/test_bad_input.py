@@ -25,9 +25,10 @@ from typing import Callable
 import pytest
 
 from backup_tasks.core import restore_backup
+from tests.conftest import query
 from tests.oracle import assert_same, snapshot
 
-from .support import assert_clean_error, assert_ok, cli_start, gz, layout_dump, query
+from .support import assert_clean_error, assert_ok, cli_start, gz, layout_dump
 
 pytestmark = pytest.mark.adversarial
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 import os
 import resource
 import signal
-import time
 from pathlib import Path
 
 import psycopg2
 import pytest
 
 from backup_tasks.core import create_backup
+from tests.conftest import query, wait_for
 from tests.oracle import assert_same, snapshot
 
-from .support import (assert_clean_error, assert_ok, cli, cli_env, cli_start, drop_database, new_database, query,
+from .support import (assert_clean_error, assert_ok, cli, cli_env, cli_start, drop_database, new_database,
                       run_sql)
 
 pytestmark = pytest.mark.adversarial
@@ -55,16 +55,6 @@ def terminate(dbname: str, where: str) -> list[int]:
     return [pid for pid, ok in rows if ok]
 
 
-def wait_for(condition, timeout: float = 30.0, every: float = 0.003):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    return None
-
-
 def test_connection_terminated_mid_backup_fails_clearly_and_leaves_no_file(big, tmp_path):
     name, url, _ = big
     out = tmp_path / "backups"
@@ -75,8 +65,8 @@ def test_connection_terminated_mid_backup_fails_clearly_and_leaves_no_file(big, 
         temps = [p for p in out.iterdir() if ".tmp-" in p.name]
         return temps[0] if temps and temps[0].stat().st_size > 256 * 1024 else None
 
-    partial = wait_for(writing)
-    assert partial is not None, "the backup never started writing"
+    # Polled every 3 ms: the moment to catch is mid-backup.
+    wait_for(writing, 30.0, interval=0.003, what="the backup to start writing")
     killed = terminate(name, "true")
     stdout, stderr = proc.communicate(timeout=60)
 
@@ -100,8 +90,7 @@ def test_connection_terminated_mid_restore_rolls_back(big, tmp_path):
                           "AND p.relid = 'big'::regclass AND p.tuples_processed > 20000")
         return rows[0][0] if rows else None
 
-    loaded = wait_for(copying)
-    assert loaded is not None, "never saw the restore's COPY into big"
+    loaded = wait_for(copying, 30.0, interval=0.003, what="the restore's COPY into big")
     killed = terminate(name, "a.query ILIKE 'COPY%%big%%'")
     stdout, stderr = proc.communicate(timeout=60)
 

@@ -35,6 +35,7 @@ from psycopg2 import sql
 
 from backup_tasks.core import restore_backup
 from backup_tasks.errors import BackupError
+from tests.conftest import query
 from tests.oracle import snapshot
 
 from .support import TABLES, gz, layout_dump, run_sql
@@ -447,7 +448,7 @@ def test_a_hand_edited_file_with_a_recomputed_checksum_restores_what_its_json_sa
     try:
         restore_backup(path, database_url=seeded.url)
         assert judge.mismatch(doc) is None
-        assert judge.conn.cursor() and query_one(seeded.url, "SELECT tag FROM tags WHERE item_id = 2") == "Aé"
+        assert judge.conn.cursor() and query(seeded.url, "SELECT tag FROM tags WHERE item_id = 2")[0][0] == "Aé"
 
         path.write_bytes(gz(text.replace('[1,"blue"]', '[1,"blue",3]')))  # one value too many
         path.with_name(path.name + ".sha256").write_text(f"{hashlib.sha256(path.read_bytes()).hexdigest()}  x\n")
@@ -459,11 +460,3 @@ def test_a_hand_edited_file_with_a_recomputed_checksum_restores_what_its_json_sa
         restore_backup(seeded.backup, database_url=seeded.url, show_diff=False)
 
 
-def query_one(url: str, statement: str):
-    conn = psycopg2.connect(url)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(statement)
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
