@@ -14,8 +14,9 @@ no rows. Then, --reps times, alternating which side goes first:
   diff     calculate_diff(detailed=True) of our file against the source
 
 Every operation runs in its own process. Our operations run in a fresh interpreter (bench/_child.py) that reports
-the library call's own duration and its peak RSS (VmHWM of its own address space, read just before it exits);
-pg_dump and pg_restore are timed from outside and their VmHWM is sampled from /proc every 10 ms. (getrusage's
+the library call's own duration and its peak RSS (VmHWM of its own address space, read just before it exits; and,
+sampled from /proc every 10 ms, the sum of the RSS of it and its child processes: the diff reads the database
+through one); pg_dump and pg_restore are timed from outside and their VmHWM is sampled from /proc every 10 ms. (getrusage's
 ru_maxrss is not used for peaks: Linux folds the spawning parent's RSS at fork time into the child's maxrss.)
 After our last restore, the target is compared with the source by the independent oracle in tests/oracle.py.
 
@@ -126,9 +127,36 @@ def pyspy_path() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
+def _status_kb(pid: int, field: str) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _process_tree(pid: int) -> list[int]:
+    """pid and its descendants, from /proc/<pid>/task/<tid>/children."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            for task in os.listdir(f"/proc/{current}/task"):
+                with open(f"/proc/{current}/task/{task}/children") as fh:
+                    todo.extend(int(c) for c in fh.read().split())
+        except OSError:
+            pass
+    return found
+
+
 def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = None,
                  timeout: float | None = None) -> dict:
-    """Run cmd; wall time, exit code, CPU time (wait4), peak RSS of *that* process (VmHWM sampled every 10 ms).
+    """Run cmd; wall time, exit code, CPU time (wait4, children included), peak RSS of that process and its
+    children (sampled every 10 ms: its VmHWM, and the sum of the current RSS of the process tree).
 
     A process still running after `timeout` seconds is dumped with py-spy (when installed: where it hangs) and
     killed; the result then has timed_out=True."""
@@ -141,16 +169,12 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = Non
     done = threading.Event()
 
     def sample() -> None:
-        path = f"/proc/{proc.pid}/status"
+        # The peak of the process itself (VmHWM), and of the sum of the current RSS of it and every process it
+        # started (the diff reads the database through a child process): the larger of the two is reported.
         while not done.is_set():
-            try:
-                with open(path) as fh:
-                    for line in fh:
-                        if line.startswith("VmHWM:"):
-                            peak[0] = max(peak[0], int(line.split()[1]))
-                            break
-            except OSError:
-                pass
+            hwm = _status_kb(proc.pid, "VmHWM:")
+            tree = sum(_status_kb(pid, "VmRSS:") for pid in _process_tree(proc.pid))
+            peak[0] = max(peak[0], hwm, tree)
             done.wait(0.01)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -912,7 +936,8 @@ def main(argv: list[str] | None = None) -> int:
                     "kernel": platform.release()},
         "method": ("median of --reps alternating runs (ABBA order); our time = the library call in a fresh "
                    "interpreter (start-up and imports reported separately as startup_s); pg tools = process wall "
-                   "time; peak RSS = VmHWM of that very process; a CHECKPOINT precedes every measurement"),
+                   "time; peak RSS = VmHWM of that very process, or the sum of its and its children's RSS if larger; "
+                   "a CHECKPOINT precedes every measurement"),
         "targets_limits": {"backup_time_x_pg_dump": T_BACKUP_TIME, "backup_size_x_pg_dump": T_BACKUP_SIZE,
                            "restore_time_x_pg_restore": T_RESTORE_TIME, "diff_time_x_backup": T_DIFF_TIME,
                            "peak_rss_mb": T_RSS_MB, "rss_growth_x": T_RSS_FLAT, "time_per_row_growth_x": T_LINEAR,

@@ -96,7 +96,7 @@ def test_dump_rows_is_one_row_per_line_and_canonical():
 def test_lines_to_copy_text_keeps_null_distinct_and_escapes_as_copy_does():
     rows = [(1, "", None, True, 'a\\n"b\tc\nd\x01', "null", "\\N", "x,y", "],\n[", "ü")]
     assert lines_to_copy_text(dump_rows(rows)) == (
-        b'1\t\t\\N\ttrue\ta\\\\n\\"b\\tc\\nd\\x01\tnull\t\\\\N\tx,y\t],\\n[\t\xc3\xbc\n')
+        b'1\t\t\\N\ttrue\ta\\\\n"b\\tc\\nd\x01\tnull\t\\\\N\tx,y\t],\\n[\t\xc3\xbc\n')
     two = lines_to_copy_text(dump_rows([(1, "a"), (2, None)]))
     assert two == b"1\ta\n2\t\\N\n"
 

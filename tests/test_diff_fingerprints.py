@@ -9,16 +9,13 @@ from __future__ import annotations
 import struct
 from pathlib import Path
 
-from backup_tasks.archive.rowjson import dump_rows
+import pytest
+
+from backup_tasks.archive.rowjson import dump_rows, lines_to_copy_text
 from backup_tasks.core import calculate_diff, create_backup, restore_backup
-from backup_tasks.core.diff import _RowKeys
-from backup_tasks.pg.catalog import Column, Table
+from backup_tasks.core.diff import _InOrder, _RowKeys
+from backup_tasks.errors import InvalidBackupError
 from tests.conftest import run_sql
-
-
-def _table(types: list[tuple[str, int]]) -> Table:
-    columns = [Column(name=n, type_oid=oid, type_name=str(oid), generated=False) for n, oid in types]
-    return Table(oid=1, schema="public", name="t", persistence="p", columns=columns)
 
 
 def _decode(data: bytes) -> list[tuple[int, int, int]]:
@@ -30,38 +27,34 @@ def _decode(data: bytes) -> list[tuple[int, int, int]]:
     return rows
 
 
-def test_integer_key_prefix_is_read_from_the_lines():
-    keys = _RowKeys(_table([("id", 20), ("v", 25)]), ["id", "v"], [0])
-    assert keys.prefix
-    rows = [(1, "a,b"), (-20, None), (300, 'q"\\')]
-    lines = dump_rows(rows)
+def test_first_column_key_is_read_from_the_lines():
+    keys = _RowKeys(["id", "v"], [0])
+    text = lines_to_copy_text(dump_rows([(1, "a,b\tc"), (-20, None), (300, 'q"\\')]))
     totals = [0, 0, 0]
-    decoded = _decode(keys.fingerprints(lines, None, 7, totals))
-    expected_lines = lines.split(b",\n")
-    assert decoded == [(7, hash(k), hash(line)) for k, line in zip((b"1", b"-20", b"300"), expected_lines)]
+    decoded = _decode(keys.fingerprints(text, 7, totals))
+    lines = text.split(b"\n")[:-1]
+    assert lines[0] == b"1\ta,b\\tc"  # the tab inside the value is escaped: the first raw tab ends the key
+    assert decoded == [(7, hash(k), hash(line)) for k, line in zip((b"1", b"-20", b"300"), lines)]
     assert totals[0] == 3
-    assert totals[2] == sum(hash(line) for line in expected_lines) & ((1 << 64) - 1)
+    assert totals[1] == sum(hash(k) for k in (b"1", b"-20", b"300")) & ((1 << 64) - 1)
+    assert totals[2] == sum(hash(line) for line in lines) & ((1 << 64) - 1)
+    keys.fingerprints(text, 7, totals)
+    assert totals[0] == 6  # added up over blocks
 
 
-def test_other_keys_come_from_the_values_and_match_both_ways():
-    # Text key in second position: not a prefix of integers, so the rows' values are used (parsed when absent).
-    keys = _RowKeys(_table([("n", 23), ("code", 25)]), ["n", "code"], [1])
-    assert not keys.prefix
-    rows = [[1, "x,y"], [2, "z"]]
-    lines = dump_rows(rows)
-    from_file = keys.fingerprints(lines, None, 0, [0, 0, 0])
-    from_values = keys.fingerprints(lines, rows, 0, [0, 0, 0])
-    assert from_file == from_values
-    assert [key for _, key, _ in _decode(from_file)] == [hash("x,y"), hash("z")]
-
-
-def test_composite_integer_key_and_key_only_rows():
-    composite = _RowKeys(_table([("a", 23), ("b", 21), ("v", 25)]), ["a", "b", "v"], [0, 1])
-    assert [k for _, k, _ in _decode(composite.fingerprints(dump_rows([(1, 2, "v")]), None, 0, [0, 0, 0]))] == [
-        hash((b"1", b"2"))]
-    only_key = _RowKeys(_table([("id", 20)]), ["id"], [0])
-    assert [k for _, k, _ in _decode(only_key.fingerprints(dump_rows([(5,), (6,)]), None, 0, [0, 0, 0]))] == [
-        hash(b"5"), hash(b"6")]
+def test_keys_elsewhere_composite_and_whole_row():
+    second = _RowKeys(["n", "code"], [1])
+    text = lines_to_copy_text(dump_rows([[1, "x,y"], [2, "z\tw"]]))
+    assert [key for _, key, _ in _decode(second.fingerprints(text, 0, [0, 0, 0]))] == [
+        hash(b"x,y"), hash(b"z\\tw")]
+    composite = _RowKeys(["a", "b", "v"], [0, 1])
+    assert [k for _, k, _ in _decode(composite.fingerprints(b"1\t2\tv\n", 0, [0, 0, 0]))] == [hash((b"1", b"2"))]
+    reordered = _RowKeys(["a", "b", "v"], [2, 0])
+    assert [k for _, k, _ in _decode(reordered.fingerprints(b"1\t2\tv\n", 0, [0, 0, 0]))] == [hash((b"v", b"1"))]
+    only_key = _RowKeys(["id"], [0])
+    assert [k for _, k, _ in _decode(only_key.fingerprints(b"5\n6\n", 0, [0, 0, 0]))] == [hash(b"5"), hash(b"6")]
+    with pytest.raises(InvalidBackupError):
+        second.fingerprints(b"1\n", 0, [0, 0, 0])  # a row narrower than its key's position
 
 
 def test_swapped_values_and_same_count_changes_are_reported(make_db, backup_dir):
@@ -86,3 +79,61 @@ def test_swapped_values_and_same_count_changes_are_reported(make_db, backup_dir)
     # The dry run says the same.
     dry = restore_backup(path, database_url=url, dry_run=True).diff.tables["t"]
     assert (dry.to_insert, dry.to_delete, dry.to_change) == (1, 1, 4)
+
+
+def _pair(file_blocks: list[bytes], db_blocks: list[bytes]) -> tuple[list, list, list]:
+    """Feed both sides the way the diff does (the database read up to the file's length); the fingerprint rows
+    loaded, decoded, and the totals of each side."""
+    totals = ([0, 0, 0], [0, 0, 0])
+    pairs = _InOrder(_RowKeys(["id", "v"], [0]), 0, *totals)
+    out, db = [], iter(db_blocks)
+    for block in file_blocks:
+        out.append(pairs.add(0, block))
+        while pairs.wants_database():
+            text = next(db, None)
+            out.append(pairs.end(1) if text is None else pairs.add(1, text))
+    out.append(pairs.end(0))
+    while not pairs.ended[1]:
+        text = next(db, None)
+        out.append(pairs.end(1) if text is None else pairs.add(1, text))
+    return _decode(b"".join(out)), *totals
+
+
+def _lines(ids, changed=()) -> list[bytes]:
+    return [b"%d\t%s\n" % (i, b"new" if i in changed else b"v") for i in ids]
+
+
+def _blocks(lines: list[bytes], size: int) -> list[bytes]:
+    return [b"".join(lines[i:i + size]) for i in range(0, len(lines), size)]
+
+
+def test_rows_in_the_same_order_are_paired_off_without_fingerprints():
+    lines = _lines(range(1000))
+    loaded, file_totals, db_totals = _pair(_blocks(lines, 70), _blocks(lines, 333))  # blocks cut elsewhere
+    assert loaded == [] and file_totals == db_totals == [0, 0, 0]
+
+
+def test_from_the_first_difference_both_sides_are_fingerprinted():
+    file_lines, db_lines = _lines(range(1000)), _lines(range(1000), changed={500})
+    loaded, file_totals, db_totals = _pair(_blocks(file_lines, 64), _blocks(db_lines, 100))
+    assert file_totals[0] == db_totals[0] == 500  # rows 500..999 of each side; the 500 before were paired off
+    assert file_totals[2] != db_totals[2]
+    by_side = {0: [], 1: []}
+    for tag, key, row in loaded:
+        by_side[tag].append((key, row))
+    assert [k for k, _ in by_side[0]] == [hash(b"%d" % i) for i in range(500, 1000)]
+    assert by_side[0][1:] == by_side[1][1:] and by_side[0][0] != by_side[1][0]  # only row 500 differs
+
+
+def test_rows_one_side_lacks_are_fingerprinted():
+    lines = _lines(range(3000))
+    # The database lost its last 1000 rows: they are left over on the file's side.
+    loaded, file_totals, db_totals = _pair(_blocks(lines, 100), _blocks(lines[:2000], 100))
+    assert (file_totals[0], db_totals[0]) == (1000, 0)
+    assert sorted(k for _, k, _ in loaded) == sorted(hash(b"%d" % i) for i in range(2000, 3000))
+    # The file lacks rows the database has.
+    loaded, file_totals, db_totals = _pair(_blocks(lines[:10], 5), _blocks(lines, 100))
+    assert (file_totals[0], db_totals[0]) == (0, 2990)
+    # An empty side.
+    loaded, file_totals, db_totals = _pair([], _blocks(lines[:7], 3))
+    assert (file_totals[0], db_totals[0]) == (0, 7)

@@ -30,13 +30,15 @@ def is_canonical(rows: list, body: bytes) -> bool:
     return orjson.dumps(rows) == b"[" + body.replace(b",\n", b",") + b"]"
 
 
-_UNICODE_ESCAPE = re.compile(rb"\\u00([01][0-9a-f])")
+# After the placeholders are turned back: an escaped backslash (kept as it is), or a \u00XX that orjson writes for a
+# control character other than \b \f \n \r \t (PostgreSQL's COPY writes \v for 0x0b and the others raw).
+_UNICODE_ESCAPE = re.compile(rb"\\(\\|u00[01][0-9a-f])")
 # After \\\\ and \\" are set aside, every backslash left starts an escape: \n \t \r \b \f need no change in COPY text,
 # anything else (a \u00XX that orjson writes, or an escape it never writes) is looked at more closely.
 _UNUSUAL_ESCAPE = re.compile(rb"\\[^ntrbf]")
 # Placeholders for \\\\ (\x04\x04) and \\" (\x05\x06) while strings are told apart from the structure; one translate
 # turns them back (NUL to \x06 never occur raw in JSON).
-_RESTORE = bytes.maketrans(b"\x04\x05\x06", b'\\\\"')
+_RESTORE = bytes.maketrans(b"\x04\x06", b'\\"')  # and \x05 is deleted: COPY writes a quote as it is
 _NOT_CONTROL = bytes(b for b in range(256) if b >= 0x20 or b == 0x0A)  # deleted, what is left is a raw control byte
 # After \\\\ and \\" are set aside: any escape orjson never writes (\\/, \\u0041, or not JSON at all).
 _OTHER_ESCAPE = re.compile(rb"\\(?:[^ntrbfu]|u(?!00[01][0-9a-f]))")
@@ -58,7 +60,8 @@ def lines_to_copy_text(lines: bytes, width: int | None = None) -> bytes | None:
     """Canonical JSON lines (dump_rows output) to COPY's text format, in bulk byte operations.
 
     JSON's string escapes \\n \\t \\r \\b \\f \\\\ are also COPY text escapes with the same meaning, so string
-    contents pass through unchanged (COPY reads \\" as a plain ") except \\u00XX (COPY's \\xXX).
+    contents pass through unchanged except \\" (a plain ") and the rare \\u00XX. The result is byte for byte what
+    PostgreSQL's COPY TO writes for the same values (core/diff.py relies on it: it hashes both as COPY text).
     What changes is the structure outside strings: with escaped backslashes and quotes set aside (bytes 0x04-0x06
     never occur raw in JSON), every remaining " delimits a string, so splitting on it separates the parts
     outside strings, where `,` becomes a tab, `null` becomes \\N and `],\\n[` ends a line. The server parses
@@ -78,8 +81,7 @@ def lines_to_copy_text(lines: bytes, width: int | None = None) -> bytes | None:
     escapes = b"\\" in data
     if escapes:
         # Equal-length placeholders: bytes.replace then copies and patches in place instead of rebuilding the
-        # buffer (measured 1.9 -> 0.6 ns a byte on the benchmark's mixed table). `\"` stays `\"` in COPY text,
-        # where a backslash before a character without a special meaning stands for that character.
+        # buffer (measured 1.9 -> 0.6 ns a byte on the benchmark's mixed table).
         data = data.replace(b"\\\\", b"\x04\x04").replace(b'\\"', b"\x05\x06")
         unusual = _UNUSUAL_ESCAPE.search(data) is not None
         if unusual and width is not None and _OTHER_ESCAPE.search(data):
@@ -92,7 +94,15 @@ def lines_to_copy_text(lines: bytes, width: int | None = None) -> bytes | None:
     parts[0::2] = outside[1:-1].split(b"\x02")
     data = b"".join(parts)
     if escapes:
+        data = data.translate(_RESTORE, b"\x05")
         if unusual:  # orjson writes \u00XX only for control characters other than \b \f \n \r \t
-            data = _UNICODE_ESCAPE.sub(rb"\\x\1", data)
-        data = data.translate(_RESTORE)
+            data = _UNICODE_ESCAPE.sub(_copy_escape, data)
     return data + b"\n"
+
+
+def _copy_escape(match: re.Match) -> bytes:
+    escape = match.group(1)
+    if escape == b"\\":
+        return b"\\\\"
+    code = int(escape[3:], 16)
+    return b"\\v" if code == 0x0B else bytes((code,))

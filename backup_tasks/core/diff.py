@@ -11,26 +11,25 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Iterator
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import orjson
 import psycopg2
+import psycopg2.extensions
 from psycopg2 import sql
 
-from ..archive.reader import BackupReader, Contents, RawBlock, read_contents_fast, scan
-from ..archive.rowjson import dump_rows
+from ..archive.reader import BackupReader, Contents, read_contents_fast, scan
 from ..checksum import check_recorded
 from ..errors import DatabaseError, IntegrityError, InvalidBackupError
 from ..models import FORMAT_NAME, DiffSummary, TableDiff
 from ..pg.catalog import Table, read_catalog, read_migration_version
 from ..pg.connection import connection, pg_error_message, privilege_hint
-from ..pg.copy_in import TableLoad, run_copy_pipeline
-from ..pg.handoff import Handoff
-from ..pg.snapshot import END, iter_table_batches
-from ..progress import Progress, ProgressFn, Throttle
+from ..pg.copy_in import TableLoad, encode_rows, run_copy_pipeline
+from ..pg.copy_out import copy_out_select, read_tables
 from ..pg.memory import pin_mmap_threshold
+from ..progress import Progress, ProgressFn, Throttle
 from ..settings import get_settings
 
 
@@ -44,6 +43,8 @@ def calculate_diff(backup_path: Path, *, database_url: str | None = None, detail
     selected = set(tables) if tables else None
 
     with connection(url) as conn:
+        # One snapshot for the counts and the rows, exported to the process that reads the rows (pg/copy_out.py).
+        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ)
         cur = conn.cursor()
         try:
             catalog = read_catalog(cur)
@@ -118,55 +119,39 @@ def _comparable(header, table: Table | None) -> bool:
     return True
 
 
-# Integer types (int2, int4, int8): written as bare JSON numbers, so a key made of them cannot hold a comma.
-_INTEGER_OIDS = frozenset({20, 21, 23})
 _MASK = (1 << 64) - 1
 
 
 class _RowKeys:
-    """How a table's rows are fingerprinted: (key hash, row hash) per row.
+    """How a table's rows are fingerprinted: (key hash, row hash) per row, from the row's COPY text line.
 
-    The row hash is the hash of the row's JSON line. Both sides have the same bytes for the same row: the file's
-    lines as backup_tasks wrote them (or the parsed rows written again the same way), and the database's rows
-    encoded exactly as a backup encodes them (archive/rowjson.dump_rows). Hashing a line is one C call; hashing
-    the row's values needed the values (a JSON parse of the file) and a tuple per row.
+    Both sides have the same bytes for the same row: the database's rows as COPY TO writes them (pg/copy_out.py),
+    and the file's JSON lines turned into COPY text, which gives exactly those bytes (archive/rowjson.py; tested
+    against the server's own output). Hashing a line is one C call; the values are never built as Python objects.
+    A key is the text of its columns: a raw tab never occurs inside a COPY text field."""
 
-    The key: when the primary key is made of integer columns at the start of the row, as usual, its text is
-    taken from the start of each line (integers hold no comma); otherwise the values are needed."""
-
-    def __init__(self, table: Table, columns: list[str], pk_index: list[int]):
-        types = {c.name: c.type_oid for c in table.columns}
-        self.k = len(pk_index)
-        self.width = len(columns)
-        self.prefix = (pk_index == list(range(self.k)) and all(types[columns[i]] in _INTEGER_OIDS for i in pk_index))
+    def __init__(self, columns: list[str], pk_index: list[int]):
+        self.whole = pk_index == list(range(len(columns)))  # the key is the row
+        self.first = pk_index == [0]  # the usual case: a one-column key in front
         self._key_of = itemgetter(*pk_index)
 
-    def fingerprints(self, block: bytes, rows: list | None, tag: int, totals: list[int]) -> bytes:
-        """COPY binary rows (tag, key hash, row hash) for a block of row lines (`[..],\\n[..]`, canonical);
-        `rows`: the same rows as values, if at hand (else parsed from the block when the key needs them).
+    def fingerprints(self, text: bytes, tag: int, totals: list[int]) -> bytes:
+        """COPY binary rows (tag, key hash, row hash) for COPY text lines (each ending in a newline).
         Adds the rows' count and the sums of their key and row hashes to `totals`."""
-        if not block:
+        if not text:
             return b""
-        lines = block.split(b",\n")  # a raw newline never occurs inside a JSON string
-        if self.prefix:
-            # Measured per row on the benchmark's mixed table: 115 ns, where a regex over the block took 2.7 µs.
-            k = self.k
-            try:
-                if self.width == k:
-                    keys = [line[1:-1] for line in lines]
-                elif k == 1:
-                    keys = [line[1:line.index(b",")] for line in lines]
-                else:
-                    keys = [tuple(line[1:].split(b",", k)[:k]) for line in lines]
-            except ValueError:  # a line without the comma after its key: not a row of this table's width
-                raise InvalidBackupError("a row has fewer values than the table has columns") from None
-        else:
-            if rows is None:
-                try:
-                    rows = orjson.loads(b"[" + block + b"]")
-                except orjson.JSONDecodeError as exc:
-                    raise InvalidBackupError(f"invalid JSON in the rows ({exc})") from None
-            keys = map(self._key_of, rows)
+        lines = text.split(b"\n")
+        lines.pop()  # after the last newline
+        try:
+            if self.whole:
+                keys = lines
+            elif self.first:
+                # Measured per row on the benchmark's mixed table: ~115 ns, where a split of every field took 400.
+                keys = [line[:line.index(b"\t")] for line in lines]
+            else:
+                keys = [self._key_of(line.split(b"\t")) for line in lines]
+        except (ValueError, IndexError):  # a line without enough tabs: not a row of this table's width
+            raise InvalidBackupError("a row has fewer values than the table has columns") from None
         key_hashes, row_hashes = array("q", map(hash, keys)), array("q", map(hash, lines))
         totals[0] += len(row_hashes)
         totals[1] = (totals[1] + sum(key_hashes)) & _MASK
@@ -196,6 +181,105 @@ def _binary_rows(tag: int, keys: array, hashes: array) -> bytes:
     return bytes(out)
 
 
+class _InOrder:
+    """One table's rows from both sides (0: the file, 1: the database), paired off while they come in one order.
+
+    Right after a backup, or after a restore (COPY appends rows in the file's order), a sequential scan returns a
+    table's rows in the order the file holds them. Byte-equal runs of whole lines are equal rows on both sides:
+    they are dropped in pairs, which leaves the diff's counts as they are, for the price of a memcmp instead of
+    two hashes a row. From the first difference on, the rest of both sides is fingerprinted and left to the sums
+    and, if they differ, the server's join. Memory: the caller reads the database side up to the file side's
+    length, so at most about a block of each side is held."""
+
+    def __init__(self, keys: _RowKeys, tag: int, file_totals: list[int], db_totals: list[int]):
+        self._keys, self._tag = keys, tag
+        self._totals = (file_totals, db_totals)
+        self._pending = [b"", b""]  # whole lines of each side not paired yet (one of the two is always empty)
+        self.ended = [False, False]
+        self.in_order = True
+        self.read = [0, 0]  # bytes added per side
+
+    def wants_database(self) -> bool:
+        return not self.ended[1] and self.read[1] < self.read[0]
+
+    def add(self, side: int, text: bytes) -> bytes:
+        """Rows of one side (COPY text lines); returns the fingerprint rows to load, if any."""
+        self.read[side] += len(text)
+        if not self.in_order or self.ended[1 - side]:
+            return self._fingerprints(side, text)
+        pending = self._pending
+        mine = pending[side] + text if pending[side] else text
+        theirs = pending[1 - side]
+        n = min(len(mine), len(theirs))
+        # Both hold whole lines, so equal prefixes as long as the shorter one end at a line boundary in both.
+        if mine[:n] == theirs[:n]:
+            pending[side], pending[1 - side] = mine[n:], theirs[n:]
+            return b""
+        # The first line that differs: the lines before it are paired off, the rest is fingerprinted.
+        lines_mine, lines_theirs = mine.split(b"\n"), theirs.split(b"\n")
+        same = next((j for j, (a, b) in enumerate(zip(lines_mine, lines_theirs)) if a != b), 0)
+        self.in_order = False
+        self._pending = [b"", b""]
+        return (self._fingerprints(side, b"\n".join(lines_mine[same:]))
+                + self._fingerprints(1 - side, b"\n".join(lines_theirs[same:])))
+
+    def end(self, side: int) -> bytes:
+        """One side has no more rows: the other side's unpaired rows never will be paired."""
+        self.ended[side] = True
+        other, self._pending[1 - side] = self._pending[1 - side], b""
+        return self._fingerprints(1 - side, other)
+
+    def _fingerprints(self, side: int, text: bytes) -> bytes:
+        return self._keys.fingerprints(text, self._tag + side, self._totals[side])
+
+
+def _no_rows() -> Iterator[tuple[int, bytes | None]]:
+    yield from ()
+
+
+def _database_block(pairs: _InOrder, database: _DatabaseRows) -> bytes:
+    text = database.next()
+    return pairs.end(1) if text is None else pairs.add(1, text)
+
+
+class _DatabaseRows:
+    """The database's COPY text (pg/copy_out.read_tables), table by table in the order of the file's table list.
+
+    The file's rows normally come in that order too. When they do not (a table moved by hand), the tables passed
+    over are handed out whole to be fingerprinted without pairing, and a table met again later has no rows left
+    here: the file's side of it is fingerprinted alone. The server's join gives the same counts either way."""
+
+    def __init__(self, stream: Iterator[tuple[int, bytes | None]]):
+        self._stream = stream
+        self._expected = 0
+        self.open = False  # the current table's rows are still to come
+
+    def skip_to(self, index: int) -> Iterator[tuple[int, bytes]]:
+        """(table, rows) of the tables before `index` not read yet; then `index` is the current table, or, if it
+        was read already, there is none (open is False)."""
+        self.open = False
+        while self._expected < index:
+            while (text := self._read(self._expected)) is not None:
+                yield self._expected, text
+            self._expected += 1
+        if index == self._expected:
+            self._expected, self.open = index + 1, True
+
+    def next(self) -> bytes | None:
+        """The next block of the current table's rows; None once it has ended."""
+        if not self.open:
+            return None
+        text = self._read(self._expected - 1)
+        self.open = text is not None
+        return text
+
+    def _read(self, index: int) -> bytes | None:
+        item = next(self._stream, None)
+        if item is None or item[0] != index:
+            raise DatabaseError("reading rows failed: the database's rows did not come table by table")
+        return item[1]
+
+
 _TEMP = sql.Identifier("backup_tasks_diff")
 
 
@@ -203,9 +287,10 @@ def _detailed(cur, url: str, path: Path, db_tables: dict[str, Table], selected, 
               report: Throttle) -> tuple[Contents, dict[str, tuple[int, int, int]]]:
     """Row-level diff in bounded memory.
 
-    Both sides are reduced to (key hash, row hash) pairs at the same time, in two threads: the file's in one,
-    the database's (read on a second connection, as a backup reads it) in the other, so the server's work for
-    the read overlaps the file's parsing (the Python work of both sides still shares one interpreter).
+    Both sides are reduced to (key hash, row hash) pairs of their rows' COPY text at the same time, in two
+    threads: the file's rows in one, the database's in the other. The database's COPY text is read by a child
+    process in this transaction's snapshot (pg/copy_out.py), so the server's work for it and the child's overlap
+    the file's decoding, and no Python objects are made for its values.
     The pairs go through one COPY into one temporary table. A table whose two sides have the same row count and
     the same sums of key and row hashes holds the same rows (up to a 2^-64 chance); only the others are joined
     by the server: rows to insert, to delete and to change. The transaction is rolled back at the end."""
@@ -215,71 +300,68 @@ def _detailed(cur, url: str, path: Path, db_tables: dict[str, Table], selected, 
         table = db_tables.get(header.key)
         if (selected is None or header.key in selected) and _comparable(header, table):
             compared.append((header.key, table, header.columns,
-                             _RowKeys(table, header.columns, [header.columns.index(c) for c in table.primary_key])))
+                             _RowKeys(header.columns, [header.columns.index(c) for c in table.primary_key])))
     index_of = {key: i for i, (key, _, _, _) in enumerate(compared)}
     # Per table and side (tag = 2 * table index + side): [rows, sum of key hashes, sum of row hashes].
     totals = [[0, 0, 0] for _ in range(2 * len(compared))]
     # A file that matches the SHA-256 recorded when backup_tasks wrote it holds its lines exactly as written:
-    # they are hashed as they are (0.16 s for the checksum of the 126 MB file of 3 M rows). Any other file is
-    # parsed and its rows written again the canonical way.
+    # they become COPY text in bulk, as for a restore, after a check of their shape (0.16 s for the checksum of
+    # the 126 MB file of 3 M rows). Any other file is parsed and its rows written again the canonical way.
     trusted = _matches_recorded_checksum(path) and contents.metadata.format == FORMAT_NAME
     result: list[Contents] = []
 
-    def file_side(put) -> None:
-        headers = []
-        with BackupReader(path, max_line, parse_rows=not trusted) as reader:
-            total = reader.compressed_size
-            for table_rows in reader.tables():
-                header = table_rows.header
-                headers.append(header)
-                i = index_of.get(header.key)
-                if i is None or header.columns != compared[i][2]:
-                    if i is not None:
-                        raise InvalidBackupError(f"{path.name}: table {header.key!r} has other columns than "
-                                                 "its metadata lists")
-                    for _ in table_rows.batches():
-                        pass  # counted and checked by the reader
-                    continue
-                keys, side = compared[i][3], totals[2 * i]
-                rows = 0
-                for batch in table_rows.batches():
-                    rows += len(batch)
-                    if isinstance(batch, RawBlock):
-                        data = keys.fingerprints(batch.raw, None, 2 * i, side)
-                    else:
-                        data = keys.fingerprints(dump_rows(batch), batch, 2 * i, side)
-                    mark = Progress("diff", header.key, rows, None, reader.compressed_done, total)
-                    if not put(data, mark):
-                        return
-            result.append(Contents(reader.metadata, headers, reader.src.uncompressed))
-
-    def database_side(put) -> None:
-        if not compared:
-            return
-        with connection(url) as reader_conn:
-            reader_conn.set_session(readonly=True)
-            batches = iter_table_batches(reader_conn, [t for _, t, _, _ in compared],
-                                         columns=[cols for _, _, cols, _ in compared])
-            try:
-                for i, batch in batches:
-                    if batch is not END:
-                        keys = compared[i][3]
-                        if not put(keys.fingerprints(dump_rows(batch), batch, 2 * i + 1, totals[2 * i + 1]), None):
-                            return
-            finally:
-                batches.close()
-
     def chunks() -> Iterator[tuple[bytes, Any]]:
         yield _BINARY_HEADER, None
-        yield from _merged([file_side, database_side])
-        yield _BINARY_TRAILER, None
+        stream = read_tables(url, statements, snapshot) if compared else _no_rows()
+        database = _DatabaseRows(stream)
+        try:
+            headers = []
+            with BackupReader(path, max_line, parse_rows=not trusted) as reader:
+                total = reader.compressed_size
+                for table_rows in reader.tables():
+                    header = table_rows.header
+                    headers.append(header)
+                    i = index_of.get(header.key)
+                    if i is None or header.columns != compared[i][2]:
+                        if i is not None:
+                            raise InvalidBackupError(f"{path.name}: table {header.key!r} has other columns than "
+                                                     "its metadata lists")
+                        for _ in table_rows.batches():
+                            pass  # counted and checked by the reader
+                        continue
+                    for j, text in database.skip_to(i):
+                        yield compared[j][3].fingerprints(text, 2 * j + 1, totals[2 * j + 1]), None
+                    pairs = _InOrder(compared[i][3], 2 * i, totals[2 * i], totals[2 * i + 1])
+                    if not database.open:
+                        pairs.end(1)
+                    width, rows = len(header.columns), 0
+                    for batch in table_rows.batches():
+                        rows += len(batch)
+                        yield pairs.add(0, encode_rows(batch, width)), Progress(
+                            "diff", header.key, rows, None, reader.compressed_done, total)
+                        while pairs.wants_database():
+                            yield _database_block(pairs, database), None
+                    yield pairs.end(0), None
+                    while not pairs.ended[1]:
+                        yield _database_block(pairs, database), None
+                result.append(Contents(reader.metadata, headers, reader.src.uncompressed))
+            for j, text in database.skip_to(len(compared)):  # tables the file's list names but its data lacks
+                yield compared[j][3].fingerprints(text, 2 * j + 1, totals[2 * j + 1]), None
+            if next(stream, None) is not None:
+                raise DatabaseError("reading rows failed: the database's rows went on after the last table")
+            yield _BINARY_TRAILER, None
+        finally:
+            stream.close()  # stopped early: the reading child goes too
 
     def on_chunk(mark) -> None:
         if mark is not None:
             report(mark)
 
-    # Created before the COPY, in this thread (the producer threads must not run statements: it would interrupt
+    # Statements run before the COPY, in this thread (the producer threads must not run any: it would interrupt
     # the COPY in progress).
+    statements = [copy_out_select(table, columns).as_string(cur) for _, table, columns, _ in compared]
+    cur.execute("SELECT pg_export_snapshot()")
+    snapshot = cur.fetchone()[0]
     cur.execute(sql.SQL("CREATE TEMP TABLE {} (t int, k bigint, h bigint) ON COMMIT DROP").format(_TEMP))
     load = TableLoad("diff", sql.SQL("COPY {} FROM STDIN WITH (FORMAT binary)").format(_TEMP))
     run_copy_pipeline(cur, iter([(load, chunks())]), on_chunk=on_chunk)
@@ -288,37 +370,6 @@ def _detailed(cur, url: str, path: Path, db_tables: dict[str, Table], selected, 
     differing = [i for i in range(len(compared)) if totals[2 * i] != totals[2 * i + 1]]
     counts = _compare(cur, differing)
     return contents, {key: counts.get(i, (0, 0, 0)) for i, (key, _, _, _) in enumerate(compared)}
-
-
-def _merged(producers: list[Callable[[Callable[[bytes, Any], bool]], None]]) -> Iterator[tuple[bytes, Any]]:
-    """Run each producer in its own thread and yield what they put, interleaved, until all have finished.
-
-    A producer calls put(data, mark), which returns False once the consumer has stopped (an error on either side,
-    Ctrl-C): the producer then returns. The first error of a producer is raised here."""
-    handoff = Handoff(maxsize=4)  # bounded: a few blocks in flight
-    done = object()
-
-    def run(produce) -> None:
-        try:
-            produce(lambda data, mark: handoff.put((data, mark)))
-            handoff.put(done)
-        except BaseException as exc:  # raised in the consumer's thread
-            handoff.put(exc)
-
-    for produce in producers:
-        handoff.start(lambda produce=produce: run(produce), f"diff-{produce.__name__}")
-    try:
-        running = len(producers)
-        while running:
-            item = handoff.get()
-            if item is done:
-                running -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            elif item[0]:
-                yield item
-    finally:
-        handoff.close()
 
 
 def _matches_recorded_checksum(path: Path) -> bool:

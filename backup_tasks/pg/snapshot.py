@@ -34,13 +34,18 @@ def lock_tables(cur, tables: list[Table]) -> None:
             sql.SQL(", ").join(sql.SQL("ONLY {}").format(t.ident) for t in chunk)))
 
 
-def select_rows(table: Table, columns: list[str] | None = None) -> sql.Composable:
+BOOL_OID = 16
+
+
+def select_rows(table: Table, columns: list[str] | None = None, *, bool_as_text: bool = False) -> sql.Composable:
     """The backup's SELECT: native types as they are, every other type as its text output. `columns` picks
-    the order (a diff reads the database in the backup's column order)."""
+    the order (a diff reads the database in the backup's column order). bool_as_text: booleans as `true`/`false`,
+    as the backup's JSON spells them (COPY TO would write t/f)."""
     by_name = {c.name: c for c in table.columns}
     chosen = table.data_columns if columns is None else [by_name[n] for n in columns]
     cols = sql.SQL(", ").join(
-        sql.Identifier(c.name) if c.native else sql.SQL("{}::text").format(sql.Identifier(c.name))
+        sql.Identifier(c.name) if c.native and not (bool_as_text and c.type_oid == BOOL_OID)
+        else sql.SQL("{}::text").format(sql.Identifier(c.name))
         for c in chosen
     )
     return sql.SQL("SELECT {} FROM ONLY {}").format(cols, table.ident)
