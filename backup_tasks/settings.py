@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     BACKUP_COMPRESSION_LEVEL: int = Field(1, ge=0, le=3, description="isal gzip level 0-3 (output is standard gzip)")
     BACKUP_REBUILD_INDEXES_MIN_ROWS: int = Field(
         10_000, ge=0, description="a restore builds a table's indexes after loading it (not row by row during the "
-        "load) when the backup holds at least this many of its rows"
+        "load) when the backup holds at least this many of its rows (or 4 MiB of them)"
     )
     BACKUP_MAX_LINE_BYTES: int = Field(
         512 * 1024 * 1024, description="largest single row (as JSON) a restore accepts; bounds memory on hostile files"

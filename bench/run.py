@@ -10,7 +10,8 @@ no rows. Then, --reps times, alternating which side goes first:
 
   backup   `pg_dump -Fc --data-only`                                vs run_backup()
   restore  `pg_restore --data-only --single-transaction --disable-triggers` into the emptied target
-                                                                vs restore_backup(show_diff=False), which truncates
+                                  vs restore_backup(show_diff=False) into the emptied target (it truncates again,
+                                  inside its transaction; once more, informational: into the target full of rows)
   diff     calculate_diff(detailed=True) of our file against the source
 
 Every operation runs in its own process. Our operations run in a fresh interpreter (bench/_child.py) that reports
@@ -452,6 +453,25 @@ def diff_of_changed_target(pg: Pg, target: str, path, child_env, time_limit) -> 
     return r
 
 
+def restore_into_populated_target(pg: Pg, target: str, path, child_env, time_limit) -> dict:
+    """Informational: our restore into the target as it is (full of rows), which its transaction empties first.
+
+    The timed restores of both tools start from the emptied target, because pg_restore --data-only needs one: a
+    user of pg_restore runs the TRUNCATE first, a user of backup_tasks has it done inside the restore. Emptying
+    tables of 3 M rows costs the server seconds of file-system time (freeing the old files) wherever it runs;
+    this row shows our restore with that included."""
+    quiet = checkpoint(pg)
+    try:
+        r = run_ours("restore", {"path": str(path), "url": pg.url(target)}, child_env, time_limit)
+    except HarnessError as exc:
+        log(f"  restore_backup into the populated target FAILED: {str(exc).strip().splitlines()[-1]}")
+        return {"error": str(exc)[-3000:]}
+    r.update(quiet)
+    log(f"  restore_backup into the populated target (its TRUNCATE included): {r['time_s']:.2f} s  "
+        f"rss {r['peak_rss_kb'] / 1024:.1f} MB")
+    return r
+
+
 def checkpoint(pg: Pg) -> dict:
     """Flush dirty buffers outside the timings, so no measurement pays for the previous one's writes; then wait
     for the machine to be quiet."""
@@ -550,6 +570,7 @@ def bench_scale(pg: Pg, scale: int, reps: int, keep: bool, work: Path, child_env
 
         def do_restore():
             nonlocal oracle
+            truncate_all(pg, target)  # the same starting point as pg_restore's (see restore_into_populated_target)
             quiet = checkpoint(pg)
             try:
                 r = run_ours("restore", {"path": str(ours_file[0]), "url": tgt_url}, child_env, timeout())
@@ -585,6 +606,7 @@ def bench_scale(pg: Pg, scale: int, reps: int, keep: bool, work: Path, child_env
                 f"changes: {r['result']['tables_with_changes'] or 'none'}{noise(r)}")
         if rep == reps - 1 and ours_file and oracle and oracle.get("verdict") == "EQUAL":
             res["diff_changed"] = diff_of_changed_target(pg, target, ours_file[0], child_env, timeout())
+            res["restore_populated"] = restore_into_populated_target(pg, target, ours_file[0], child_env, timeout())
         shutil.rmtree(rep_dir, ignore_errors=True)
 
     res["runs"] = runs
@@ -671,6 +693,11 @@ def evaluate(results: list[dict], celery: dict | None) -> tuple[list[list[str]],
             rows.append([f"scale {s}: calculate_diff (detailed)", fmt(df["time_s"]), fmt(d_ratio) + " xbk", "", "",
                          fmt(df["peak_rss_mb"], ".1f"), f"time<={T_DIFF_TIME}x backup rss<={T_RSS_MB:.0f}",
                          _met(("time", ok_t), ("rss", ok_m))])
+        populated = res.get("restore_populated")
+        if populated and "time_s" in populated and pr:
+            rows.append([f"scale {s}: restore_backup, target not emptied", fmt(populated["time_s"]),
+                         fmt(populated["time_s"] / pr["time_s"]), "", "", fmt(populated["peak_rss_kb"] / 1024, ".1f"),
+                         "(informational, once)", ""])
         changed = res.get("diff_changed")
         if changed and "time_s" in changed:
             rows.append([f"scale {s}: calculate_diff, ~1% rows changed", fmt(changed["time_s"]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -85,9 +86,11 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
             saved_fks = ops.drop_foreign_keys(cur, fks)
             saved_checks = ops.drop_unvalidated_checks(cur, targets)
             ops.truncate(cur, targets)
-            big = [p.table for p in plan.loads.values()
-                   if (p.header.row_count or 0) >= settings.BACKUP_REBUILD_INDEXES_MIN_ROWS]
-            saved_indexes = ops.drop_indexes_for_load(cur, big)
+            saved_indexes: list[ops.SavedIndex] = []
+
+            def before_table(load: TableLoad) -> None:
+                if load.big:
+                    saved_indexes.extend(ops.drop_indexes_for_load(cur, [load.table]))
             # A partial restore (`tables=`) leaves every other table as it is, so the database as a whole is
             # not at the backup's migration version: only a full restore adjusts alembic_version.
             has_alembic = (not tables) and ops.set_migration_version(cur, catalog.alembic, meta.migration_version)
@@ -102,9 +105,9 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
                                     reader.compressed_done, total))
 
                 run_copy_pipeline(
-                    cur, _load_stream(reader, plan, contents),
+                    cur, _load_stream(reader, plan, contents, settings.BACKUP_REBUILD_INDEXES_MIN_ROWS),
                     on_table=lambda load: restored.append(RestoredTable(name=load.key, rows=load.rows)),
-                    on_chunk=on_chunk,
+                    on_chunk=on_chunk, before_table=before_table,
                 )
                 if not reader.finished:
                     raise InvalidBackupError(f"{path.name} ended before the document was complete")
@@ -164,8 +167,18 @@ def _check_plan(url: str, contents: Contents, tables: list[str] | None) -> None:
             raise DatabaseError(f"dry run failed: {pg_error_message(exc)}", hint=privilege_hint(exc)) from None
 
 
-def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents) -> Iterator[tuple[TableLoad, Any]]:
-    """Runs in the producer thread: each table of the file, checked against the plan, as encoded chunks."""
+# A table is "big" (its indexes are built again after the load rather than maintained during it) when it holds
+# at least BACKUP_REBUILD_INDEXES_MIN_ROWS rows, or this many bytes of rows.
+BIG_TABLE_BYTES = 4 << 20
+
+
+def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents,
+                 big_rows: int) -> Iterator[tuple[TableLoad, Any]]:
+    """Runs in the producer thread: each table of the file, checked against the plan, as encoded chunks.
+
+    Before a table is handed over, its first blocks are read ahead until it is known to be big: the table list
+    at the head of the file has no row counts (they follow each table's rows), and the indexes must be dropped
+    before its COPY starts. At most ~BIG_TABLE_BYTES are held for that."""
     # The tables may come in any order: JSON objects are unordered, and a file re-serialised by another tool
     # (sorted keys, say) is still the same document. Every table must be listed in the metadata, exactly once
     # (the reader refuses duplicate keys), and all of them must be there.
@@ -184,10 +197,19 @@ def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents) ->
         if header.columns != target.header.columns:
             raise InvalidBackupError(f"{reader.path.name}: table {header.key!r} has other columns than the "
                                      "metadata lists")
-        load = TableLoad(header.key, copy_statement(target.table.ident, header.columns))
+        load = TableLoad(header.key, copy_statement(target.table.ident, header.columns), target.table)
+        batches = table.batches()
+        ahead, rows, size = [], 0, 0
+        for batch in batches:
+            ahead.append(batch)
+            rows += len(batch)
+            size += len(getattr(batch, "raw", None) or b"")
+            if rows >= big_rows or size >= BIG_TABLE_BYTES:
+                break
+        load.big = rows >= big_rows or size >= BIG_TABLE_BYTES
 
-        def chunks(table=table, load=load, header=header) -> Iterator[tuple[bytes, Any]]:
-            for batch in table.batches():
+        def chunks(batches=itertools.chain(ahead, batches), load=load, header=header) -> Iterator[tuple[bytes, Any]]:
+            for batch in batches:
                 data = encode_rows(batch, len(header.columns))
                 load.rows += len(batch)
                 yield data, (header.key, load.rows)

@@ -112,22 +112,27 @@ class _QueueReader:
 
 
 class TableLoad:
-    """What the consumer side needs for one table: the COPY statement and a progress hook."""
+    """What the consumer side needs for one table: the COPY statement, and what the producer learnt of the table
+    before its rows go out (`big`: see core/restore.py)."""
 
-    def __init__(self, key: str, statement: sql.Composable):
+    def __init__(self, key: str, statement: sql.Composable, table: Any = None):
         self.key = key
         self.statement = statement
+        self.table = table
+        self.big = False
         self.rows = 0
 
 
 def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[bytes, Any]]]],
                       on_table: Callable[[TableLoad], None] | None = None,
-                      on_chunk: Callable[[Any], None] | None = None) -> None:
+                      on_chunk: Callable[[Any], None] | None = None,
+                      before_table: Callable[[TableLoad], None] | None = None) -> None:
     """Run one COPY per table; each table's encoded chunks are produced in a background thread.
 
     `tables` yields (TableLoad, iterator of (bytes, progress mark)) pairs and is consumed in the producer thread,
     so reading and encoding the backup overlap with the server's work. Errors on either side stop both and are
-    re-raised here; on_chunk(mark) is called in this thread as each chunk is sent.
+    re-raised here; on_chunk(mark) is called in this thread as each chunk is sent, and before_table(load) before
+    each table's COPY starts (it may run statements on `cur`: no COPY is in progress then).
     """
     chunks_out = Handoff(maxsize=3)  # bounded: a few MB in flight, so memory does not grow with the backup
     control: queue.Queue = queue.Queue()
@@ -165,6 +170,8 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
                 break
             if isinstance(item, BaseException):
                 raise item
+            if before_table:
+                before_table(item)
             reader = _QueueReader(chunks_out, on_chunk)
             try:
                 with _server_error_printout() as printed:
