@@ -433,6 +433,18 @@ CHANGE_TARGET_SQL = (
 )
 
 
+def run_once(pg: Pg, op: str, args: dict, child_env, time_limit, what: str) -> dict:
+    """One informational run of ours after a CHECKPOINT; a failure is logged and returned as {"error": …}."""
+    quiet = checkpoint(pg)
+    try:
+        r = run_ours(op, args, child_env, time_limit)
+    except HarnessError as exc:
+        log(f"  {what} FAILED: {str(exc).strip().splitlines()[-1]}")
+        return {"error": str(exc)[-3000:]}
+    r.update(quiet)
+    return r
+
+
 def diff_of_changed_target(pg: Pg, target: str, path, child_env, time_limit) -> dict:
     for statement in CHANGE_TARGET_SQL:
         pg.execute(target, statement)
@@ -440,13 +452,10 @@ def diff_of_changed_target(pg: Pg, target: str, path, child_env, time_limit) -> 
         "mixed": pg.execute(target, "SELECT count(*) FROM mixed WHERE id % 100 = 0")[0][0],
         "pgbench_accounts": pg.execute(target, "SELECT count(*) FROM pgbench_accounts WHERE aid % 100 = 0")[0][0],
     }
-    quiet = checkpoint(pg)
-    try:
-        r = run_ours("diff", {"path": str(path), "url": pg.url(target)}, child_env, time_limit)
-    except HarnessError as exc:
-        log(f"  calculate_diff of the changed target FAILED: {str(exc).strip().splitlines()[-1]}")
-        return {"error": str(exc)[-3000:]}
-    r.update(quiet)
+    r = run_once(pg, "diff", {"path": str(path), "url": pg.url(target)}, child_env, time_limit,
+                 "calculate_diff of the changed target")
+    if "error" in r:
+        return r
     log(f"  calculate_diff of the target with ~1 % of mixed and pgbench_accounts changed: {r['time_s']:.2f} s  "
         f"rss {r['peak_rss_kb'] / 1024:.1f} MB  changes: {r['result']['tables_with_changes']}  "
         f"(rows changed there: {expected})")
@@ -460,13 +469,10 @@ def restore_into_populated_target(pg: Pg, target: str, path, child_env, time_lim
     user of pg_restore runs the TRUNCATE first, a user of backup_tasks has it done inside the restore. Emptying
     tables of 3 M rows costs the server seconds of file-system time (freeing the old files) wherever it runs;
     this row shows our restore with that included."""
-    quiet = checkpoint(pg)
-    try:
-        r = run_ours("restore", {"path": str(path), "url": pg.url(target)}, child_env, time_limit)
-    except HarnessError as exc:
-        log(f"  restore_backup into the populated target FAILED: {str(exc).strip().splitlines()[-1]}")
-        return {"error": str(exc)[-3000:]}
-    r.update(quiet)
+    r = run_once(pg, "restore", {"path": str(path), "url": pg.url(target)}, child_env, time_limit,
+                 "restore_backup into the populated target")
+    if "error" in r:
+        return r
     log(f"  restore_backup into the populated target (its TRUNCATE included): {r['time_s']:.2f} s  "
         f"rss {r['peak_rss_kb'] / 1024:.1f} MB")
     return r

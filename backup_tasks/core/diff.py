@@ -146,7 +146,7 @@ class _RowKeys:
             if self.whole:
                 keys = lines
             elif self.first:
-                # Measured per row on the benchmark's mixed table: ~115 ns, where a split of every field took 400.
+                # Measured per row on pgbench_accounts: 165-280 ns; a regex over the block took 240-900 ns.
                 keys = [line[:line.index(b"\t")] for line in lines]
             else:
                 keys = [self._key_of(line.split(b"\t")) for line in lines]
@@ -211,7 +211,7 @@ class _InOrder:
         mine = pending[side] + text if pending[side] else text
         theirs = pending[1 - side]
         n = min(len(mine), len(theirs))
-        # Both hold whole lines, so equal prefixes as long as the shorter one end at a line boundary in both.
+        # Both hold whole lines: if the longer starts with the shorter, the cut is at a line boundary in both.
         if mine[:n] == theirs[:n]:
             pending[side], pending[1 - side] = mine[n:], theirs[n:]
             return b""
@@ -287,11 +287,11 @@ def _detailed(cur, url: str, path: Path, db_tables: dict[str, Table], selected, 
               report: Throttle) -> tuple[Contents, dict[str, tuple[int, int, int]]]:
     """Row-level diff in bounded memory.
 
-    Both sides are reduced to (key hash, row hash) pairs of their rows' COPY text at the same time, in two
-    threads: the file's rows in one, the database's in the other. The database's COPY text is read by a child
-    process in this transaction's snapshot (pg/copy_out.py), so the server's work for it and the child's overlap
-    the file's decoding, and no Python objects are made for its values.
-    The pairs go through one COPY into one temporary table. A table whose two sides have the same row count and
+    Both sides are read at the same time as COPY text, table by table: the file's JSON lines converted (as for a
+    restore), the database's rows as a child process reads them in this transaction's snapshot (pg/copy_out.py),
+    so the server's and the child's work overlap the file's decoding, and no Python objects are made for values.
+    Rows that come in the same order on both sides are paired off by comparing bytes (_InOrder); the others are
+    reduced to (key hash, row hash) pairs, which go through one COPY into one temporary table. A table whose two sides have the same row count and
     the same sums of key and row hashes holds the same rows (up to a 2^-64 chance); only the others are joined
     by the server: rows to insert, to delete and to change. The transaction is rolled back at the end."""
     contents = read_contents_fast(path, max_line) or scan(path, max_line)

@@ -208,16 +208,17 @@ def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents,
                 break
         load.big = rows >= big_rows or size >= BIG_TABLE_BYTES
 
-        def chunks(batches=itertools.chain(ahead, batches), load=load, header=header) -> Iterator[tuple[bytes, Any]]:
-            for batch in batches:
-                data = encode_rows(batch, len(header.columns))
-                load.rows += len(batch)
-                yield data, (header.key, load.rows)
-
-        yield load, chunks()
+        yield load, _encoded(itertools.chain(ahead, batches), load, len(header.columns))
     if seen != expected:
         missing = sorted(expected - seen)
         raise InvalidBackupError(f"{reader.path.name} lacks tables its metadata lists: {', '.join(missing[:5])}")
+
+
+def _encoded(batches: Iterator[Any], load: TableLoad, width: int) -> Iterator[tuple[bytes, Any]]:
+    for batch in batches:
+        data = encode_rows(batch, width)
+        load.rows += len(batch)
+        yield data, (load.key, load.rows)
 
 
 def _sequences_to_restore(cur, contents: Contents, plan: RestorePlan,

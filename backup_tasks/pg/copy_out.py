@@ -20,7 +20,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 from psycopg2 import sql
@@ -54,9 +54,11 @@ def read_tables(url: str, statements: list[str], snapshot: str | None) -> Iterat
             proc.stdin.close()
         except BrokenPipeError:
             pass  # the child is gone already: its exit code and message say why
-        yield from _frames(proc.stdout.fileno(), len(statements))
-        if proc.wait() != 0:
+        complete = yield from _frames(proc.stdout.fileno(), len(statements))
+        if proc.wait() != 0:  # its own message first: a failed child also leaves its output incomplete
             raise _child_error(printed.text(), proc.returncode)
+        if not complete:
+            raise DatabaseError("reading rows failed: the COPY reader's output ended inside a table")
     finally:
         if proc.poll() is None:  # stopped early (an error on the other side, Ctrl-C): the child goes too
             proc.kill()
@@ -85,7 +87,9 @@ class _Drain:
         return bytes(self._data)
 
 
-def _frames(fd: int, expected: int) -> Iterator[tuple[int, bytes | None]]:
+def _frames(fd: int, expected: int) -> Generator[tuple[int, bytes | None], None, bool]:
+    """The child's output as (table, whole lines) and (table, None) at each table's end; returns whether every
+    table ended."""
     table = 0
     partial = bytearray()  # the unfinished last line of the previous read
     while True:
@@ -111,10 +115,7 @@ def _frames(fd: int, expected: int) -> Iterator[tuple[int, bytes | None]]:
             partial += chunk[cut + 1:]
         else:
             partial += chunk[start:]
-    if table < expected and not partial:
-        return  # the child failed; its exit code and message say why
-    if table != expected or partial:
-        raise DatabaseError("reading rows failed: the COPY reader's output ended inside a table")
+    return table == expected and not partial
 
 
 def _child_error(printed: bytes, code: int) -> DatabaseError:
