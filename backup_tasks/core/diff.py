@@ -291,9 +291,10 @@ def _detailed(cur, url: str, path: Path, db_tables: dict[str, Table], selected, 
     restore), the database's rows as a child process reads them in this transaction's snapshot (pg/copy_out.py),
     so the server's and the child's work overlap the file's decoding, and no Python objects are made for values.
     Rows that come in the same order on both sides are paired off by comparing bytes (_InOrder); the others are
-    reduced to (key hash, row hash) pairs, which go through one COPY into one temporary table. A table whose two sides have the same row count and
-    the same sums of key and row hashes holds the same rows (up to a 2^-64 chance); only the others are joined
-    by the server: rows to insert, to delete and to change. The transaction is rolled back at the end."""
+    reduced to (key hash, row hash) pairs, which go through one COPY into one temporary table. A table whose two
+    sides have the same row count and the same sums of key and row hashes holds the same rows (up to a 2^-64
+    chance); only the others are joined by the server: rows to insert, to delete and to change. The transaction
+    is rolled back at the end."""
     contents = read_contents_fast(path, max_line) or scan(path, max_line)
     compared: list[tuple[str, Table, list[str], _RowKeys]] = []
     for header in contents.tables:

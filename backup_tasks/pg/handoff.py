@@ -18,7 +18,7 @@ class Handoff:
     def __init__(self, maxsize: int):
         self._q: queue.Queue = queue.Queue(maxsize=maxsize)
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
 
     def put(self, item: Any) -> bool:
         """Queue `item`; False once the consumer has stopped (the producer should return)."""
@@ -34,16 +34,15 @@ class Handoff:
         return self._q.get()
 
     def start(self, produce: Callable[[], None], name: str) -> None:
-        """Run `produce` in a new thread; several producers may share one hand-off (the diff's two sides)."""
-        thread = threading.Thread(target=produce, name=name, daemon=True)
-        self._threads.append(thread)
-        thread.start()
+        """Run `produce` in a new thread: the producer."""
+        self._thread = threading.Thread(target=produce, name=name, daemon=True)
+        self._thread.start()
 
     def close(self) -> None:
-        """Stop the producers and wait for them (each finishes its current step first)."""
+        """Stop the producer and wait for it (it finishes its current step first)."""
         self._stop.set()
-        for thread in self._threads:
-            thread.join()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def yield_to_server(niceness: int = 5) -> None:
