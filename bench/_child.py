@@ -20,22 +20,13 @@ import threading
 import time
 from pathlib import Path
 
+from procfs import status_kb  # bench/ is this script's directory
+
 REPO = Path(__file__).resolve().parent.parent
 # bench/run.py points BENCH_ENGINE_DIR at a copy of backup_tasks/ taken when the run started, so that every
 # measurement of a run uses the same code while others edit the working tree.
 ENGINE_DIR = os.environ.get("BENCH_ENGINE_DIR") or str(REPO)
 sys.path.insert(0, ENGINE_DIR)
-
-
-def vm_status_kb(field: str = "VmHWM", pid: str = "self") -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ profiling
@@ -268,7 +259,7 @@ def main() -> int:
         if profiles:
             profiles.__exit__(None, None, None)
     info["seconds"] = time.perf_counter() - t0
-    info["vmhwm_kb"] = vm_status_kb("VmHWM")  # before the profile summary, which allocates
+    info["vmhwm_kb"] = status_kb("self", "VmHWM")  # before the profile summary, which allocates
     if profiles:
         info["profile"] = profiles.summary(args["profile"], int(args.get("top", 15)))
     print(json.dumps(info, default=str), flush=True)

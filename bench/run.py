@@ -49,6 +49,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import psycopg2  # noqa: E402
+from procfs import process_tree, status_kb  # noqa: E402  (bench/ is the script's directory)
 
 MiB = 1024 * 1024
 
@@ -128,32 +129,6 @@ def pyspy_path() -> str | None:
     return str(local) if local.exists() else shutil.which("py-spy")
 
 
-def _status_kb(pid: int, field: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as fh:
-            for line in fh:
-                if line.startswith(field):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def _process_tree(pid: int) -> list[int]:
-    """pid and its descendants, from /proc/<pid>/task/<tid>/children."""
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        try:
-            for task in os.listdir(f"/proc/{current}/task"):
-                with open(f"/proc/{current}/task/{task}/children") as fh:
-                    todo.extend(int(c) for c in fh.read().split())
-        except OSError:
-            pass
-    return found
-
-
 def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = None,
                  timeout: float | None = None) -> dict:
     """Run cmd; wall time, exit code, CPU time (wait4, children included), peak RSS of that process and its
@@ -173,8 +148,8 @@ def run_measured(cmd: list[str], env: dict | None = None, cwd: Path | None = Non
         # The peak of the process itself (VmHWM), and of the sum of the current RSS of it and every process it
         # started (the diff reads the database through a child process): the larger of the two is reported.
         while not done.is_set():
-            hwm = _status_kb(proc.pid, "VmHWM:")
-            tree = sum(_status_kb(pid, "VmRSS:") for pid in _process_tree(proc.pid))
+            hwm = status_kb(proc.pid, "VmHWM") or 0
+            tree = sum(status_kb(pid, "VmRSS") or 0 for pid in process_tree(proc.pid))
             peak[0] = max(peak[0], hwm, tree)
             done.wait(0.01)
 
