@@ -7,7 +7,7 @@ turn them into JSON-safe failure payloads. Subclassing RuntimeError keeps the se
 
 from __future__ import annotations
 
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 
 class ExitCode(IntEnum):
@@ -26,14 +26,25 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130
 
 
+class Transient(str, Enum):
+    """What kind of passing trouble an error is, so a retry policy can decide without guessing.
+
+    Set where the error is raised, by the code that knows its cause (pg/connection.py for a connection that could
+    not be made, storage/s3.py for throttling or an unreachable endpoint); tasks retry the kinds they declare."""
+
+    DATABASE = "database"  # the server could not be reached or refused new connections for now
+    STORAGE = "storage"  # the object store throttled, answered 5xx, or could not be reached
+
+
 class BackupError(RuntimeError):
     exit_code: ExitCode = ExitCode.ERROR
     default_hint: str | None = None
 
-    def __init__(self, message: str, hint: str | None = None):
+    def __init__(self, message: str, hint: str | None = None, *, transient: Transient | None = None):
         super().__init__(message)
         self.message = message
         self.hint = hint if hint is not None else self.default_hint
+        self.transient = transient
 
     def to_dict(self) -> dict:
         return {
@@ -41,6 +52,7 @@ class BackupError(RuntimeError):
             "message": self.message,
             "hint": self.hint,
             "exit_code": int(self.exit_code),
+            "transient": self.transient.value if self.transient else None,
         }
 
 

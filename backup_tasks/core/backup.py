@@ -18,7 +18,8 @@ from ..errors import DatabaseError, StorageError
 from ..models import BackupMetadata, BackupResult, SequenceState, TableReport, TableSchema
 from ..names import make_name
 from ..pg.catalog import read_catalog, read_migration_version, read_sequence_states, server_version
-from ..pg.connection import connection, describe_target, pg_error_message, privilege_hint
+from .. import dsn
+from ..pg.connection import connection, pg_error_message, privilege_hint
 from ..pg.snapshot import END, begin_snapshot, iter_table_batches, lock_tables
 from ..progress import Progress, ProgressFn, Throttle
 from ..pg.memory import pin_mmap_threshold
@@ -65,7 +66,7 @@ def run_backup(output_dir: Path | None = None, *, database_url: str | None = Non
                                 hint=privilege_hint(exc)) from None
 
         taken_at = taken_at.astimezone(timezone.utc)
-        _, host = describe_target(url)
+        host = dsn.parse(url).host
         metadata = BackupMetadata(
             timestamp=taken_at,
             migration_version=migration,

@@ -8,7 +8,7 @@ from typing import Any
 from ..core import calculate_diff, restore_backup, run_backup, verify_backup
 from ..errors import NotFoundError, UsageError
 from ..names import is_backup_name
-from ..pg.connection import describe_target
+from .. import dsn
 from ..progress import ProgressFn
 from ..settings import get_settings
 from . import job
@@ -49,8 +49,8 @@ def _url(database_url: str | None) -> str:
 
 
 def _target(database_url: str | None) -> dict[str, str]:
-    name, host = describe_target(_url(database_url))
-    return {"target_database": name, "target_host": host}
+    target = dsn.parse(_url(database_url))
+    return {"target_database": target.name, "target_host": target.host}
 
 
 @job("create")

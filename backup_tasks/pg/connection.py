@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from typing import Iterator
-from urllib.parse import urlsplit
 
 import psycopg2
 import psycopg2.extensions
 
-from ..errors import DatabaseError
+from .. import dsn
+from ..errors import ConfigError, DatabaseError, Transient
 
 # Every value leaves PostgreSQL as its own text output, which round-trips exactly only with these settings
 # (extra_float_digits=3: shortest exact floats; ISO dates: BC and year 294276 survive; hex bytea; money in the
@@ -30,27 +29,32 @@ SESSION_OPTIONS = (
 )
 
 
-def mask_url(url: str) -> str:
-    """The URL with its password replaced by ***, for messages and logs."""
-    return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
-
-
-def describe_target(url: str) -> tuple[str, str]:
-    """(database name, host) as the URL names them, for metadata and messages (no credentials)."""
-    parts = urlsplit(url)
-    name = parts.path.lstrip("/") or ""
-    host = parts.hostname or "localhost"
-    return name, host
+# libpq's words for a server that cannot take a connection now but may soon (a restart, a failover, a full
+# connection table); anything else (a wrong password, a database that does not exist) will not pass by itself.
+_PASSING = (
+    "could not connect", "connection refused", "timeout expired", "server closed the connection",
+    "the database system is starting up", "the database system is shutting down", "too many connections",
+    "connection reset", "could not receive data", "could not send data", "no route to host",
+    "the database system is in recovery mode", "remaining connection slots are reserved",
+)
 
 
 def connect(url: str, *, application: str = "backup_tasks") -> psycopg2.extensions.connection:
+    """A connection with the pinned session; a DatabaseError naming the database (never the URL) otherwise."""
+    try:
+        target = dsn.describe(url)
+        dsn.parse_params(url)  # refuses what libpq would, with a message that cannot echo the password
+    except ConfigError as exc:
+        raise DatabaseError(f"invalid database URL: {exc.message}", hint=exc.hint) from None
     try:
         conn = psycopg2.connect(url, options=SESSION_OPTIONS.replace("backup_tasks", application), connect_timeout=10)
     except psycopg2.OperationalError as exc:
-        first = (str(exc).strip().splitlines() or ["connection failed"])[0]
-        raise DatabaseError(f"cannot connect to {mask_url(url)}: {first}") from None
+        first = dsn.mask((str(exc).strip().splitlines() or ["connection failed"])[0])
+        passing = any(marker in first.lower() for marker in _PASSING)
+        raise DatabaseError(f"cannot connect to {target}: {first}",
+                            transient=Transient.DATABASE if passing else None) from None
     except psycopg2.ProgrammingError as exc:
-        raise DatabaseError(f"invalid database URL {mask_url(url)}: {str(exc).strip()}",
+        raise DatabaseError(f"invalid database URL for {target}: {dsn.mask(str(exc).strip())}",
                             hint="DATABASE_URL looks like postgresql://user:password@host:5432/dbname") from None
     return conn
 
@@ -94,5 +98,3 @@ def privilege_hint(exc: psycopg2.Error) -> str | None:
                 "only a superuser or a BYPASSRLS role can back it up or restore it.")
     return None
 
-
-QuoteIdent = psycopg2.extensions.quote_ident

@@ -13,7 +13,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -26,8 +25,9 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from .. import dsn
 from ..checksum import read_sidecar, sha256_file, write_sidecar
-from ..errors import ConfigError, IntegrityError, NotFoundError, StorageError
+from ..errors import ConfigError, IntegrityError, NotFoundError, StorageError, Transient
 from ..names import parse_name, validate_name
 from ..progress import Progress, ProgressFn, Throttle
 from . import local
@@ -45,13 +45,17 @@ _CRED_HINT = (
 )
 
 
+# S3 error codes for trouble that passes: throttling, timeouts, the service's own errors.
+_PASSING_CODES = {
+    "Throttling", "ThrottlingException", "ThrottledException", "SlowDown", "RequestLimitExceeded",
+    "TooManyRequestsException", "RequestThrottled", "RequestTimeout", "RequestTimeoutException",
+    "InternalError", "ServiceUnavailable", "500", "502", "503", "504",
+}
+
+
 def _safe_url(url: str | None) -> str:
-    """The endpoint without any user:password@ part, for messages."""
-    if not url:
-        return "the default AWS endpoint"
-    parts = urlsplit(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=netloc))
+    """The endpoint as scheme://host:port, for messages."""
+    return dsn.endpoint(url) if url else "the default AWS endpoint"
 
 
 def _boto_cause(exc: BaseException) -> BaseException | None:
@@ -151,6 +155,10 @@ class S3Storage:
             yield
         except ClientError as exc:
             raise self._client_error(exc, action, name) from None
+        except (ConnectionResetError, ConnectionAbortedError) as exc:  # a socket dropped under s3transfer
+            raise StorageError(f"S3 {action} failed: the connection to {_safe_url(self.endpoint)} was cut "
+                               f"({type(exc).__name__})", hint="Check the network; try again.",
+                               transient=Transient.STORAGE) from None
         except Exception as exc:
             cause = _boto_cause(exc)
             if cause is None:
@@ -163,6 +171,7 @@ class S3Storage:
                 raise StorageError(
                     f"S3 {action} failed: cannot reach {_safe_url(self.endpoint)} ({type(cause).__name__})",
                     hint="Check S3_ENDPOINT_URL, S3_REGION and the network; the request was retried.",
+                    transient=Transient.STORAGE,
                 ) from None
             raise StorageError(f"S3 {action} failed: {type(cause).__name__}", hint="Check the S3 settings.") from None
 
@@ -184,11 +193,12 @@ class S3Storage:
         if code in _DENIED:
             return StorageError(f"S3 {action} denied on {self.url()} ({detail})", hint=_CRED_HINT)
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        if isinstance(status, int) and status >= 500:
+        if (isinstance(status, int) and status >= 500) or status == 429 or code in _PASSING_CODES:
             # Without a hint a user could not tell that this was already retried, nor what to do next.
             return StorageError(f"S3 {action} failed on {self.url(name or '')} ({detail}, HTTP {status})",
                                 hint="The S3 service kept answering with a server error, also when retried with "
-                                     "backoff; try again later (local backups are left as they were).")
+                                     "backoff; try again later (local backups are left as they were).",
+                                transient=Transient.STORAGE)
         return StorageError(f"S3 {action} failed on {self.url(name or '')} ({detail})")
 
     def _bucket_exists(self) -> bool:
