@@ -6,13 +6,13 @@ import hashlib
 import os
 from pathlib import Path
 
-from .names import CHECKSUM_SUFFIX
+from . import names
 
 CHUNK = 1024 * 1024
 
 
 def sidecar_path(path: Path) -> Path:
-    return path.with_name(path.name + CHECKSUM_SUFFIX)
+    return names.sidecar_path(path, "sha256")
 
 
 def sha256_file(path: Path) -> str:

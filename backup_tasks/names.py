@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from pathlib import Path
 
 from .errors import UsageError
 
 SUFFIX = ".backup.gz"
 CHECKSUM_SUFFIX = ".sha256"
+# Small files that travel with a backup, named `<backup name><suffix>`: its SHA-256 (sha256sum format), its
+# manifest (manifest.py) and its last restore drill's report. Never backup names themselves.
+SIDECARS = {"sha256": CHECKSUM_SUFFIX, "manifest": ".manifest.json", "drill": ".drill.json"}
 _NAME_RE = re.compile(r"backup_(\d{8})_(\d{6})(?:_(\d{1,4}))?\.backup\.gz")
 
 
@@ -48,8 +52,17 @@ def validate_name(name: str) -> str:
     return name
 
 
-def sort_key(name: str) -> tuple[datetime, int]:
-    parsed = parse_name(name)
-    if parsed is None:
-        raise ValueError(name)
-    return parsed
+def sidecar_name(name: str, kind: str) -> str:
+    return validate_name(name) + SIDECARS[kind]
+
+
+def sidecar_path(backup: Path, kind: str) -> Path:
+    return backup.with_name(backup.name + SIDECARS[kind])
+
+
+def parse_sidecar(name: str) -> tuple[str, str] | None:
+    """(backup name, kind) when `name` is a sidecar of a backup, else None."""
+    for kind, suffix in SIDECARS.items():
+        if name.endswith(suffix) and is_backup_name(name[: -len(suffix)]):
+            return name[: -len(suffix)], kind
+    return None
