@@ -14,7 +14,7 @@ from backup_tasks.archive.reader import BackupReader, scan
 from backup_tasks.archive.rowjson import dump_rows, is_canonical, lines_to_copy_text
 from backup_tasks.archive.writer import ArchiveWriter
 from backup_tasks.errors import InvalidBackupError
-from backup_tasks.pg.catalog import parse_table_key, table_key
+from backup_tasks.tablekey import parse_table_key, table_key
 
 META = {"timestamp": "2025-11-01T12:34:56.789Z", "migration_version": "0aa2828fc065",
         "database_name": "myapp_db", "database_host": "localhost", "format_version": 1}

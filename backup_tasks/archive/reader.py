@@ -21,10 +21,10 @@ from pydantic import ValidationError
 
 from ..errors import InvalidBackupError, NotFoundError
 from ..models import FORMAT_VERSION, BackupMetadata
-from ..pg.catalog import parse_table_key, table_key
+from ..tablekey import parse_table_key, table_key
 
 READ_SIZE = 512 << 10
-# Rows in groups of lines of at least this size: fast, and bounded (see pg/memory.py). Below READ_SIZE, so one chunk
+# Rows in groups of lines of at least this size: fast, and bounded (see memory.py). Below READ_SIZE, so one chunk
 # read usually completes a block: with equal sizes every block needed a second chunk, and the search for the
 # table's end scanned the first one again.
 BATCH_BYTES = 384 << 10

@@ -22,7 +22,7 @@ from .. import dsn
 from ..pg.connection import connection, pg_error_message, privilege_hint
 from ..pg.snapshot import END, begin_snapshot, iter_table_batches, lock_tables
 from ..progress import Progress, ProgressFn, Throttle
-from ..pg.memory import pin_mmap_threshold
+from ..memory import pin_mmap_threshold
 from ..settings import get_settings
 
 

@@ -26,9 +26,10 @@ from ..errors import DatabaseError, IntegrityError, InvalidBackupError
 from ..models import FORMAT_NAME, DiffSummary, TableDiff
 from ..pg.catalog import Table, read_catalog, read_migration_version
 from ..pg.connection import connection, pg_error_message, privilege_hint
-from ..pg.copy_in import TableLoad, encode_rows, run_copy_pipeline
+from ..archive.copytext import encode_rows
+from ..pg.copy_in import TableLoad, run_copy_pipeline
 from ..pg.copy_out import copy_out_select, read_tables
-from ..pg.memory import pin_mmap_threshold
+from ..memory import pin_mmap_threshold
 from ..progress import Progress, ProgressFn, Throttle
 from ..settings import get_settings
 

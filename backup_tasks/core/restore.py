@@ -17,9 +17,10 @@ from ..models import FORMAT_NAME, RestoredTable, RestoreResult
 from ..pg import restore_ops as ops
 from ..pg.catalog import read_catalog, read_migration_version
 from ..pg.connection import connection, pg_error_message, privilege_hint
-from ..pg.copy_in import TableLoad, copy_statement, encode_rows, run_copy_pipeline
+from ..archive.copytext import encode_rows
+from ..pg.copy_in import TableLoad, copy_statement, run_copy_pipeline
 from ..progress import Progress, ProgressFn, Throttle
-from ..pg.memory import pin_mmap_threshold
+from ..memory import pin_mmap_threshold
 from ..settings import get_settings
 from .diff import calculate_diff
 from .plan import RestorePlan, plan_restore

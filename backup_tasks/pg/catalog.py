@@ -8,10 +8,11 @@ not data. `alembic_version` is metadata, not data.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from psycopg2 import sql
+
+from ..tablekey import table_key
 
 ALEMBIC_TABLE = "alembic_version"
 
@@ -97,60 +98,6 @@ class Catalog:
 
     def by_oid(self) -> dict[int, Table]:
         return {t.oid: t for t in self.tables}
-
-
-_PLAIN = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
-def _part(name: str) -> str:
-    return name if _PLAIN.match(name) else '"' + name.replace('"', '""') + '"'
-
-
-def table_key(schema: str, name: str) -> str:
-    """The table's key in the file. Public tables without a dot keep their bare name (as in the seed);
-    every other table is `schema.table`, each part double-quoted unless it is plain lower-case, so a key
-    with an unquoted dot can never equal a bare public name and two tables never share a key."""
-    if schema == "public" and "." not in name:
-        return name
-    return f"{_part(schema)}.{_part(name)}"
-
-
-def parse_table_key(key: str) -> tuple[str, str] | None:
-    """Inverse of table_key, for files that carry only the key. None if the key is not well-formed."""
-    if "." not in key:
-        return ("public", key)
-    parts: list[str] = []
-    i, n = 0, len(key)
-    while i < n:
-        if key[i] == '"':
-            j, buf = i + 1, []
-            while j < n:
-                if key[j] == '"':
-                    if j + 1 < n and key[j + 1] == '"':
-                        buf.append('"')
-                        j += 2
-                        continue
-                    break
-                buf.append(key[j])
-                j += 1
-            else:
-                return None
-            parts.append("".join(buf))
-            i = j + 1
-        else:
-            j = key.find(".", i)
-            j = n if j < 0 else j
-            parts.append(key[i:j])
-            i = j
-        if i < n:
-            if key[i] != ".":
-                return None
-            i += 1
-            if i == n:
-                return None
-    if len(parts) != 2 or table_key(parts[0], parts[1]) != key:
-        return None
-    return parts[0], parts[1]
 
 
 def read_catalog(cur) -> Catalog:

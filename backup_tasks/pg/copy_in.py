@@ -1,27 +1,24 @@
 """Loading rows with COPY FROM STDIN, fed by a producer thread.
 
-The producer parses the backup and encodes COPY text while psycopg2 sends the previous chunk with the GIL released,
-so parsing and the server's work overlap. The COPY text is made from the backup's own JSON lines in bulk
-(archive/rowjson.py): NULL becomes \\N and '' an empty field, so they stay distinct.
+The producer (the caller's iterator: reading the backup and encoding COPY text, see archive/copytext.py) runs in a
+thread of its own while psycopg2 sends the previous chunk with the GIL released, so parsing and the server's work
+overlap. This module only moves bytes: what they mean is the archive's business.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import queue
-import re
 import sys
+import threading
 from typing import Any, Callable, Iterable, Iterator
 
 import psycopg2
 from psycopg2 import sql
 
-from ..archive.reader import RawBlock
-from ..archive.rowjson import dump_rows, is_canonical, lines_to_copy_text
 from .handoff import Handoff, yield_to_server
 
-CHUNK_BYTES = 512 << 10  # see pg/memory.py
+CHUNK_BYTES = 512 << 10  # see memory.py
 
 
 def copy_statement(ident: sql.Composable, columns: list[str]) -> sql.Composable:
@@ -34,51 +31,57 @@ def copy_statement(ident: sql.Composable, columns: list[str]) -> sql.Composable:
         ident, sql.SQL(", ").join(map(sql.Identifier, columns)))
 
 
-def encode_rows(rows: list[list[Any]], ncolumns: int) -> bytes:
-    """A batch of rows as COPY input. Values are checked by PostgreSQL's own input function for each column;
-    a number or boolean given for a text column is stored as its JSON text (documented in the README)."""
-    if not ncolumns:
-        return b"\n" * len(rows)
-    if isinstance(rows, RawBlock):  # lines as backup_tasks wrote them (checksum verified), if their shape says so
-        data = lines_to_copy_text(rows.raw, width=ncolumns)
-        if data is not None:
-            return data
-        rows = rows.parse()  # edited after the checksum was recorded: parsed and checked like any file's rows
-    raw = getattr(rows, "raw", None)
-    lines = raw if raw is not None and is_canonical(rows, raw) else dump_rows(rows)
-    return lines_to_copy_text(lines)
+class _PrintedErrors:
+    """What psycopg2 prints instead of raising while the thread that registered is inside a COPY.
+
+    When the server ends the connection in the middle of a COPY FROM (pg_terminate_backend, a restart), psycopg2
+    2.9 raises the server's error, then tries to raise libpq's on top of it while the first is still set, and
+    prints the resulting SystemError (whose __cause__ is the server's error) with PyErr_Print, before raising a
+    bare "invalid socket". tests/test_copy_in_errors.py reproduces it. PyErr_Print reports through
+    sys.excepthook, so a hook installed once keeps the exception itself for the thread in the COPY (and only that
+    thread: everything else goes to the previous hook untouched), and copy_table raises the server's error."""
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._previous: Callable | None = None
+        self._lock = threading.Lock()
+
+    def _install(self) -> None:
+        with self._lock:
+            if self._previous is None:
+                self._previous = sys.excepthook
+                sys.excepthook = self._hook
+
+    def _hook(self, kind, value, traceback) -> None:
+        caught = getattr(self._local, "caught", None)
+        if caught is None:
+            (self._previous or sys.__excepthook__)(kind, value, traceback)
+            return
+        caught.append(value)
+
+    @contextlib.contextmanager
+    def during_copy(self) -> Iterator[list[BaseException]]:
+        self._install()
+        self._local.caught = caught = []
+        try:
+            yield caught
+        finally:
+            self._local.caught = None
 
 
-@contextlib.contextmanager
-def _server_error_printout() -> Iterator[io.StringIO]:
-    """Catch what psycopg2 prints to sys.stderr during a COPY.
-
-    When the server ends the connection in the middle of a COPY (pg_terminate_backend, a restart), psycopg2 2.9
-    raises the server's error, then tries to raise libpq's on top of it, fails, and prints both with PyErr_Print
-    (its pq_raise called twice in _pq_copy_in_v3) before raising a bare "invalid socket". The print put half a
-    traceback under the CLI's `Error:` line and the real cause was lost; it is caught here and read back by
-    _lost_connection_error. COPY runs in the caller's thread, and nothing else prints meanwhile."""
-    buffer = io.StringIO()
-    saved, sys.stderr = sys.stderr, buffer
-    try:
-        yield buffer
-    finally:
-        sys.stderr = saved
+_printed = _PrintedErrors()
 
 
-_PRINTED_ERROR = re.compile(r"^psycopg2\.(?:errors\.)?\w+: (.+)$", re.MULTILINE)
-
-
-def _lost_connection_error(printed: str, exc: psycopg2.Error) -> psycopg2.Error | None:
-    """The server's own error (e.g. "terminating connection due to administrator command") in place of
-    psycopg2's "invalid socket", when psycopg2 printed it instead of raising it."""
-    match = _PRINTED_ERROR.search(printed)
-    if match is None:
-        if printed.strip():
-            sys.stderr.write(printed)  # not the case above: let it through as it was
-        return None
-    libpq = (str(exc).strip().splitlines() or ["?"])[0]
-    return psycopg2.OperationalError(f"{match.group(1).strip()} (the connection was lost during COPY: {libpq})")
+def _server_error(caught: list[BaseException], exc: psycopg2.Error) -> psycopg2.Error | None:
+    """The server's own error (e.g. AdminShutdown, "terminating connection due to administrator command") that
+    psycopg2 printed in place of raising it, with its pgcode and diagnostics; None when it printed nothing."""
+    for printed in caught:
+        cause = printed.__cause__ or printed.__context__
+        if isinstance(cause, psycopg2.Error):
+            return cause
+        if isinstance(printed, psycopg2.Error):
+            return printed
+    return None
 
 
 class _QueueReader:
@@ -109,6 +112,25 @@ class _QueueReader:
         return data
 
     readline = read
+
+
+def copy_table(cur, statement: sql.Composable, reader: _QueueReader) -> None:
+    """One COPY FROM STDIN fed by `reader`, with its failures raised as what they really are."""
+    try:
+        with _printed.during_copy() as caught:
+            cur.copy_expert(statement, reader, size=CHUNK_BYTES)
+    except psycopg2.Error as exc:
+        # psycopg2 turns an exception raised by read() into a generic "COPY from stdin failed: error in .read()
+        # call" database error, which callers would report as a failed statement. When the producer failed (a
+        # corrupt or invalid file), raise its own exception so it keeps its type (InvalidBackupError) and message.
+        if reader.error is not None:
+            raise reader.error from None
+        server = _server_error(caught, exc)
+        if server is not None:
+            raise server from None
+        raise
+    for printed in caught:  # printed without failing: not ours to hide
+        (_printed._previous or sys.__excepthook__)(type(printed), printed, printed.__traceback__)
 
 
 class TableLoad:
@@ -173,22 +195,7 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
             if before_table:
                 before_table(item)
             reader = _QueueReader(chunks_out, on_chunk)
-            try:
-                with _server_error_printout() as printed:
-                    cur.copy_expert(item.statement, reader, size=CHUNK_BYTES)
-            except psycopg2.Error as exc:
-                # psycopg2 turns an exception raised by read() into a generic "COPY from stdin failed: error in
-                # .read() call" database error, which callers would report as a failed statement. When the
-                # producer failed (a corrupt or invalid file), raise its own exception so it keeps its type
-                # (InvalidBackupError) and message.
-                if reader.error is not None:
-                    raise reader.error from None
-                lost = _lost_connection_error(printed.getvalue(), exc)
-                if lost is not None:
-                    raise lost from None
-                raise
-            if printed.getvalue():
-                sys.stderr.write(printed.getvalue())  # printed without failing: not ours to hide
+            copy_table(cur, item.statement, reader)
             if not reader.ended:
                 # COPY finished without reading the end marker: drain to keep producer and consumer in step.
                 while reader.read():
