@@ -12,7 +12,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 FORMAT_NAME = "backup_tasks"
-FORMAT_VERSION = 1
+# 1: tables. 2: tables and the `large_objects` section, written only when the database has large objects (so an
+# older backup_tasks refuses such a file, with a hint to upgrade, instead of restoring it without them).
+FORMAT_VERSION = 2
+LARGE_OBJECTS_FORMAT_VERSION = 2
 
 
 class SequenceState(BaseModel):
@@ -32,8 +35,23 @@ class TableSchema(BaseModel):
     name: str
     columns: list[str]
     column_types: list[str]
+    # An extension's configuration table holds the extension's own rows and the user's: only the rows this
+    # condition selects were backed up, and only those are replaced on restore.
+    filter: str | None = None
 
     model_config = ConfigDict(populate_by_name=True)
+
+
+class LargeObjectsInfo(BaseModel):
+    count: int  # large objects in the backup (the `large_objects` section holds their chunks)
+
+
+class NotIncludedItem(BaseModel):
+    """Something in the database that holds data and is not in the backup, and why."""
+
+    kind: str  # "foreign table" | "materialized view" | "extension table"
+    name: str
+    reason: str
 
 
 class BackupMetadata(BaseModel):
@@ -48,6 +66,8 @@ class BackupMetadata(BaseModel):
     tool_version: str | None = None
     contents: list[TableSchema] = Field(default_factory=list)
     sequences: list[SequenceState] = Field(default_factory=list)
+    large_objects: LargeObjectsInfo | None = None  # absent when the database had none (and in older files)
+    not_included: list[NotIncludedItem] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="allow")
 
@@ -88,6 +108,9 @@ class BackupResult(BaseModel):
     compressed_bytes: int
     sha256: str
     duration_s: float
+    large_objects: int = 0
+    large_object_bytes: int = 0
+    not_included: list[NotIncludedItem] = Field(default_factory=list)
 
 
 class TableDiff(BaseModel):
@@ -113,6 +136,7 @@ class DiffSummary(BaseModel):
     backup_migration_version: str | None = None
     current_migration_version: str | None = None
     backup_database_name: str | None = None
+    large_objects: TableDiff | None = None  # counts (and, detailed, oids to add or remove) of large objects
 
 
 class RestoredTable(BaseModel):
@@ -136,6 +160,10 @@ class RestoreResult(BaseModel):
     triggers_mode: str | None = None
     diff: DiffSummary | None = None
     duration_s: float = 0.0
+    views_refreshed: list[str] = Field(default_factory=list)  # materialized views over the restored tables
+    views_not_refreshed: list[str] = Field(default_factory=list)  # such views this role may not refresh
+    large_objects: dict[str, Any] | None = None  # restored, bytes, removed, owners_missing; or skipped: why
+    phase_s: dict[str, float] = Field(default_factory=dict)  # seconds per step after the rows
 
 
 class VerifyResult(BaseModel):

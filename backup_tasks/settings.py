@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     BACKUP_MAX_LINE_BYTES: int = Field(
         512 * 1024 * 1024, description="largest single row (as JSON) a restore accepts; bounds memory on hostile files"
     )
+    BACKUP_BATCH_BYTES: int = Field(
+        4 * 1024 * 1024, ge=64 * 1024,
+        description="rows are fetched and written in batches of about this many bytes (at least one row)"
+    )
 
     # Schedule and retention
     BACKUP_CRON: str = "0 2 * * *"

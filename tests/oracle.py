@@ -1,7 +1,8 @@
 """An independent oracle for database contents: nothing here uses backup_tasks.
 
 Per table: count(*) and md5 of the sorted `row::text` values FROM ONLY that table; every sequence's
-last_value and is_called; the alembic version. Two databases hold the same data iff their snapshots are equal.
+last_value and is_called; every large object's owner, size and md5 of its bytes, by oid. Two databases hold the
+same data iff their snapshots are equal.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ def snapshot(url: str) -> dict:
         for schema, name in cur.fetchall():
             cur.execute(f"SELECT last_value, is_called FROM {_q(schema)}.{_q(name)}")
             out["sequences"][f"{schema}.{name}"] = cur.fetchone()
+        cur.execute("SELECT oid, pg_get_userbyid(lomowner), length(lo_get(oid)), md5(lo_get(oid)) "
+                    "FROM pg_largeobject_metadata ORDER BY oid")
+        out["large_objects"] = {int(oid): (owner, size, digest) for oid, owner, size, digest in cur.fetchall()}
         return out
     finally:
         conn.close()
@@ -54,3 +58,4 @@ def assert_same(before: dict, after: dict) -> None:
              if before["tables"][k] != after["tables"][k]}
     assert not diffs, f"tables differ: {diffs}"
     assert before["sequences"] == after["sequences"]
+    assert before["large_objects"] == after["large_objects"], "large objects differ"

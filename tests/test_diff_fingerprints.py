@@ -6,6 +6,7 @@ still be reported as changed; a table whose rows differ only in a non-key column
 
 from __future__ import annotations
 
+import random
 import struct
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import pytest
 
 from backup_tasks.archive.rowjson import dump_rows, lines_to_copy_text
 from backup_tasks.core import calculate_diff, create_backup, restore_backup
-from backup_tasks.core.diff import _InOrder, _RowKeys
+from backup_tasks.core.diff import GIVE_UP_LINES, Pairing, RowKeys
 from backup_tasks.errors import InvalidBackupError
 from tests.conftest import query, run_sql
 
@@ -28,7 +29,7 @@ def _decode(data: bytes) -> list[tuple[int, int, int]]:
 
 
 def test_first_column_key_is_read_from_the_lines():
-    keys = _RowKeys(["id", "v"], [0])
+    keys = RowKeys(["id", "v"], [0])
     text = lines_to_copy_text(dump_rows([(1, "a,b\tc"), (-20, None), (300, 'q"\\')]))
     totals = [0, 0, 0]
     decoded = _decode(keys.fingerprints(text, 7, totals))
@@ -43,15 +44,15 @@ def test_first_column_key_is_read_from_the_lines():
 
 
 def test_keys_elsewhere_composite_and_whole_row():
-    second = _RowKeys(["n", "code"], [1])
+    second = RowKeys(["n", "code"], [1])
     text = lines_to_copy_text(dump_rows([[1, "x,y"], [2, "z\tw"]]))
     assert [key for _, key, _ in _decode(second.fingerprints(text, 0, [0, 0, 0]))] == [
         hash(b"x,y"), hash(b"z\\tw")]
-    composite = _RowKeys(["a", "b", "v"], [0, 1])
+    composite = RowKeys(["a", "b", "v"], [0, 1])
     assert [k for _, k, _ in _decode(composite.fingerprints(b"1\t2\tv\n", 0, [0, 0, 0]))] == [hash((b"1", b"2"))]
-    reordered = _RowKeys(["a", "b", "v"], [2, 0])
+    reordered = RowKeys(["a", "b", "v"], [2, 0])
     assert [k for _, k, _ in _decode(reordered.fingerprints(b"1\t2\tv\n", 0, [0, 0, 0]))] == [hash((b"v", b"1"))]
-    only_key = _RowKeys(["id"], [0])
+    only_key = RowKeys(["id"], [0])
     assert [k for _, k, _ in _decode(only_key.fingerprints(b"5\n6\n", 0, [0, 0, 0]))] == [hash(b"5"), hash(b"6")]
     with pytest.raises(InvalidBackupError):
         second.fingerprints(b"1\n", 0, [0, 0, 0])  # a row narrower than its key's position
@@ -85,7 +86,7 @@ def _pair(file_blocks: list[bytes], db_blocks: list[bytes]) -> tuple[list, list,
     """Feed both sides the way the diff does (the database read up to the file's length); the fingerprint rows
     loaded, decoded, and the totals of each side."""
     totals = ([0, 0, 0], [0, 0, 0])
-    pairs = _InOrder(_RowKeys(["id", "v"], [0]), 0, *totals)
+    pairs = Pairing(RowKeys(["id", "v"], [0]), 0, *totals)
     out, db = [], iter(db_blocks)
     for block in file_blocks:
         out.append(pairs.add(0, block))
@@ -113,16 +114,49 @@ def test_rows_in_the_same_order_are_paired_off_without_fingerprints():
     assert loaded == [] and file_totals == db_totals == [0, 0, 0]
 
 
-def test_from_the_first_difference_both_sides_are_fingerprinted():
+def test_after_a_difference_the_sides_are_paired_again():
+    """Issue 14: only the changed row goes to the join; the rows after it are paired off again."""
     file_lines, db_lines = _lines(range(1000)), _lines(range(1000), changed={500})
     loaded, file_totals, db_totals = _pair(_blocks(file_lines, 64), _blocks(db_lines, 100))
-    assert file_totals[0] == db_totals[0] == 500  # rows 500..999 of each side; the 500 before were paired off
+    assert file_totals[0] == db_totals[0] == 1  # row 500 of each side; the other 999 were paired off
     assert file_totals[2] != db_totals[2]
-    by_side = {0: [], 1: []}
-    for tag, key, row in loaded:
-        by_side[tag].append((key, row))
-    assert [k for k, _ in by_side[0]] == [hash(b"%d" % i) for i in range(500, 1000)]
-    assert by_side[0][1:] == by_side[1][1:] and by_side[0][0] != by_side[1][0]  # only row 500 differs
+    assert sorted((tag, key) for tag, key, _ in loaded) == [(0, hash(b"500")), (1, hash(b"500"))]
+
+
+def test_moved_deleted_and_inserted_rows_are_the_only_ones_fingerprinted():
+    """What a database does to its scan order: an UPDATE moves the row to the end (or later in its page), a DELETE
+    leaves a gap, an INSERT fills one. Only those rows are fingerprinted, however the blocks are cut."""
+    ids = list(range(5000))
+    moved, deleted, near = set(range(7, 5000, 97)), set(range(30, 5000, 211)), {1234}
+    db_order = [i for i in ids if i not in moved and i not in deleted and i not in near]
+    db_order.insert(db_order.index(1240), 1234)  # moved a few rows down within its page
+    db_order += sorted(moved) + [9001, 9002]  # updated rows at the end, two new rows after them
+    changed = {i for i in moved if i % 2}
+    file_lines = _lines(ids)
+    db_lines = [b"%d\t%s\n" % (i, b"new" if i in changed else b"v") for i in db_order]
+    for file_block, db_block in ((64, 100), (1000, 37), (5000, 5000)):
+        loaded, file_totals, db_totals = _pair(_blocks(file_lines, file_block), _blocks(db_lines, db_block))
+        expected_file = len(moved) + len(deleted)  # the file's rows the database has elsewhere or not at all
+        assert file_totals[0] <= expected_file + 2 * (len(moved) + len(deleted) + 1) // 64 + 4
+        assert {key for tag, key, _ in loaded if tag == 0} >= {hash(b"%d" % i) for i in deleted}
+        assert {key for tag, key, _ in loaded if tag == 1} >= {hash(b"%d" % i) for i in changed | {9001, 9002}}
+        # Every row that was not paired off was fingerprinted on its side: the counts add up.
+        assert file_totals[0] + (5000 - file_totals[0]) == 5000
+        paired_file = 5000 - file_totals[0]
+        assert paired_file == len(db_lines) - db_totals[0]  # each pair is one row of each side
+        assert paired_file >= 5000 - len(moved) - len(deleted) - 10
+
+
+def test_another_order_altogether_goes_to_the_join():
+    """A table rewritten in another physical order (CLUSTER, VACUUM FULL): pairing finds little and gives up;
+    whatever was not paired is fingerprinted on both sides, the same number of rows each."""
+    lines = _lines(range(3 * GIVE_UP_LINES))
+    shuffled = list(lines)
+    random.Random(3).shuffle(shuffled)
+    loaded, file_totals, db_totals = _pair(_blocks(lines, 500), _blocks(shuffled, 500))
+    assert file_totals[0] == db_totals[0] > 0.9 * len(lines)
+    assert len(loaded) == file_totals[0] + db_totals[0]
+    assert file_totals[1:] == db_totals[1:]  # the same rows: the sums agree, so the server's join is skipped
 
 
 def test_rows_one_side_lacks_are_fingerprinted():

@@ -3,7 +3,7 @@
 What must hold: every index and key constraint comes back with the same definition, name and properties; the
 ones that cannot be rebuilt safely are left in place (same oid); uniqueness and exclusion are still enforced
 over the loaded rows (a file with a duplicate key is refused and nothing changes); the data is oracle-equal.
-BACKUP_REBUILD_INDEXES_MIN_ROWS=0 makes every table "big", so these small tables take the rebuild path.
+rebuild_indexes_min_rows=0 (EngineOptions) makes every table "big", so these small tables take the rebuild path.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from backup_tasks.core.options import EngineOptions
 from backup_tasks.core import create_backup, restore_backup
 from backup_tasks.errors import RestoreError
 from tests.conftest import query, run_sql
@@ -92,11 +93,14 @@ KEPT = {"parent_clustered", "parent_replident", "parent_commented", "parent_stat
 
 
 @pytest.fixture
-def indexed_db(make_db, settings_env) -> str:
+def indexed_db(make_db) -> str:
     _, url = make_db()
     run_sql(url, SCHEMA)
-    settings_env(url, BACKUP_REBUILD_INDEXES_MIN_ROWS="0")
     return url
+
+
+# Every table "big": the rebuild path for these small tables. test_default_threshold_* runs with the defaults.
+EVERY_TABLE = EngineOptions(rebuild_indexes_min_rows=0)
 
 
 def test_indexes_and_key_constraints_come_back_identical(indexed_db, backup_dir):
@@ -107,7 +111,7 @@ def test_indexes_and_key_constraints_come_back_identical(indexed_db, backup_dir)
     run_sql(url, "DELETE FROM child WHERE id % 2 = 0; UPDATE parent SET doc = '{}' WHERE id < 100; "
                  "DELETE FROM outsider; INSERT INTO outsider VALUES (99, NULL);")
 
-    assert restore_backup(Path(path), database_url=url).success
+    assert restore_backup(Path(path), database_url=url, options=EVERY_TABLE).success
 
     assert_same(before, snapshot(url))
     after = _indexes(url)
@@ -132,7 +136,8 @@ def test_partial_restore_rebuilds_only_the_selected_tables_indexes(indexed_db, b
     run_sql(url, "DELETE FROM child WHERE id > 450; UPDATE parent SET doc = jsonb_build_object('changed', true) WHERE id = 300")
     before, indexes = snapshot(url), _indexes(url)
 
-    restore_backup(Path(path), database_url=url, tables=["child"])  # child references parent, not restored
+    # child references parent, which is not restored
+    restore_backup(Path(path), database_url=url, options=EVERY_TABLE, tables=["child"])
 
     after = _indexes(url)
     assert _without_oid(after) == _without_oid(indexes)
@@ -154,7 +159,7 @@ def test_duplicate_key_in_file_is_refused_and_nothing_changes(indexed_db, backup
     before, indexes = snapshot(url), _indexes(url)
 
     with pytest.raises(RestoreError) as info:
-        restore_backup(bad, database_url=url)
+        restore_backup(bad, database_url=url, options=EVERY_TABLE)
 
     assert "rolled back" in str(info.value) and 'unique index "child_pkey"' in str(info.value)
     assert "Key (id)=(1) is duplicated" in str(info.value)
@@ -162,12 +167,11 @@ def test_duplicate_key_in_file_is_refused_and_nothing_changes(indexed_db, backup
     assert _indexes(url) == indexes  # same oids: the drops were rolled back too
 
 
-def test_torture_schema_with_every_table_rebuilt(make_db, settings_env, backup_dir):
+def test_torture_schema_with_every_table_rebuilt(make_db, backup_dir):
     _, url = make_db()
     schema, data = torture_sections()
     run_sql(url, schema)
     run_sql(url, data)
-    settings_env(url, BACKUP_REBUILD_INDEXES_MIN_ROWS="0")
     before, structure = snapshot(url), _structure(url)
     index_defs = query(url, "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i "
                              "JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
@@ -175,7 +179,7 @@ def test_torture_schema_with_every_table_rebuilt(make_db, settings_env, backup_d
     path = create_backup(backup_dir, database_url=url)
     run_sql(url, CHANGES)
 
-    assert restore_backup(Path(path), database_url=url).success
+    assert restore_backup(Path(path), database_url=url, options=EVERY_TABLE).success
 
     assert_same(before, snapshot(url))
     assert _structure(url) == structure
@@ -185,7 +189,7 @@ def test_torture_schema_with_every_table_rebuilt(make_db, settings_env, backup_d
                        "ORDER BY 1") == index_defs
 
 
-def test_default_threshold_rebuilds_big_tables_only(make_db, settings_env, backup_dir):
+def test_default_threshold_rebuilds_big_tables_only(make_db, backup_dir):
     """With the default setting, a table of more rows than the threshold is rebuilt, a small one is not, and a
     table of few but large rows counts as big by its bytes. (The file's table list has no row counts: the
     restore reads each table's first blocks before deciding; a first version decided from that list and
@@ -200,7 +204,6 @@ def test_default_threshold_rebuilds_big_tables_only(make_db, settings_env, backu
         ALTER TABLE wide ALTER COLUMN v SET STORAGE EXTERNAL;
         INSERT INTO wide SELECT i, repeat(md5(i::text), 2000) FROM generate_series(1, 100) i;
     """)
-    settings_env(url)
     before = snapshot(url)
     oids = dict(query(url, "SELECT indrelid::regclass::text, indexrelid FROM pg_index "
                            "WHERE indrelid::regclass::text IN ('big', 'small', 'wide')"))

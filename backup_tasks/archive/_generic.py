@@ -189,7 +189,7 @@ class GenericParser:
         raise _bad(f"{self.name} has data after the end of the document")
 
     def tables(self, check_rows: Callable[[Any, Any, int], None]) -> Iterator[Any]:
-        from .reader import TableRows
+        from .reader import LARGE_OBJECTS, TableRows, large_objects_header
 
         seen_tables = False
         for key in self._top_keys():
@@ -207,12 +207,15 @@ class GenericParser:
                     if ev == "end_map":
                         break
                     yield from self._table(tkey, check_rows, TableRows)
+            elif key == LARGE_OBJECTS:
+                yield from self._table(key, check_rows, TableRows,
+                                       lambda _, fields: large_objects_header(fields, self.name))
             else:
                 self._build(*self._next())  # unknown top-level field: tolerated, ignored
         if not seen_tables:
             raise _bad(f"{self.name} has no `tables` object")
 
-    def _table(self, key: str, check_rows, TableRows) -> Iterator[Any]:
+    def _table(self, key: str, check_rows, TableRows, make_header=None) -> Iterator[Any]:
         ev, _ = self._next()
         if ev != "start_map":
             raise _bad(f"{self.name}: table {key!r} must be an object")
@@ -226,7 +229,7 @@ class GenericParser:
             if fkey == "data":
                 if header is not None:
                     raise _bad(f"{self.name}: table {key!r} has two `data` arrays")
-                header = self._make_header(key, fields)
+                header = (make_header or self._make_header)(key, fields)
                 yield TableRows(header, self._rows(header, check_rows, state))
                 if not state.get("done"):
                     for _ in self._rows(header, check_rows, state):

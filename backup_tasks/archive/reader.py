@@ -37,6 +37,7 @@ ALLOWED_VALUE_TYPES = frozenset({str, int, float, bool, type(None)})
 _HEAD = b'{"metadata":'
 _HEAD_END = b',"tables":{'
 _DATA_OPEN = b'"data":['
+_LARGE_OBJECTS_OPEN = b'},"large_objects":{'
 
 
 @dataclass
@@ -47,6 +48,18 @@ class TableHeader:
     columns: list[str]
     column_types: list[str] | None
     row_count: int | None = None  # known after the rows were read (or before, in a seed-ordered file)
+    kind: str = "table"  # or LARGE_OBJECTS: the section of large objects' chunk rows, after the tables
+
+
+LARGE_OBJECTS = "large_objects"
+LARGE_OBJECT_COLUMNS = ["oid", "owner", "offset", "data"]
+
+
+def large_objects_header(obj: Any, name: str) -> TableHeader:
+    """The `large_objects` section's header: an object like a table's, whose rows are [oid, owner, offset, data]."""
+    if not isinstance(obj, dict) or obj.get("columns") != LARGE_OBJECT_COLUMNS:
+        raise _bad(f"{name}: its `large_objects` section does not have the columns {LARGE_OBJECT_COLUMNS}")
+    return TableHeader(LARGE_OBJECTS, "", "", list(LARGE_OBJECT_COLUMNS), None, kind=LARGE_OBJECTS)
 
 
 @dataclass
@@ -55,9 +68,16 @@ class Contents:
     tables: list[TableHeader] = field(default_factory=list)
     uncompressed_bytes: int = 0
 
+    large_object_chunks: int | None = None  # rows of the large objects' section, when it was read
+
     @property
     def total_rows(self) -> int:
         return sum(t.row_count or 0 for t in self.tables)
+
+    @property
+    def large_objects(self) -> int:
+        """How many large objects the backup holds (its metadata says, before any row is read)."""
+        return self.metadata.large_objects.count if self.metadata.large_objects else 0
 
 
 def _bad(message: str, hint: str | None = None) -> InvalidBackupError:
@@ -457,9 +477,11 @@ class BackupReader:
             line = lines.readline()
             if line is None:
                 raise _bad(f"{self.path.name} ends before its last table (truncated)")
-            if line == b"}}":
+            if line == b"}}" or line.startswith(_LARGE_OBJECTS_OPEN):
                 if more and not first:
                     raise _bad(f"{self.path.name}: a comma follows the last table")
+                if line != b"}}":
+                    yield from self._fast_large_objects(line)
                 break
             if not more:
                 raise _bad(f"{self.path.name}: tables are not separated as JSON requires")
@@ -492,19 +514,37 @@ class BackupReader:
                 break
         self.finished = True
 
-    def _fast_batches(self, header: TableHeader, state: dict) -> Iterator[list[list[Any]]]:
+    def _fast_large_objects(self, line: bytes) -> Iterator[TableRows]:
+        """The `large_objects` section after the tables: its header line, its chunk rows, then the document's end."""
+        if not line.endswith(_DATA_OPEN):
+            raise _bad(f"{self.path.name}: unexpected content where the large objects start")
+        try:
+            obj = orjson.loads(b"{" + line[2:] + b"]}}")
+        except orjson.JSONDecodeError:
+            raise _bad(f"{self.path.name}: the large objects' header is not valid JSON") from None
+        header = large_objects_header(obj.get(LARGE_OBJECTS) if isinstance(obj, dict) else None, self.path.name)
+        state = {"more": False}
+        yield TableRows(header, self._fast_batches(header, state, parse=True))
+        if state.get("done") is not True:
+            for _ in self._fast_batches(header, state, parse=True):
+                pass
+        if state["more"] or self._lines.readline() != b"}":
+            raise _bad(f"{self.path.name}: the document does not end after its large objects")
+
+    def _fast_batches(self, header: TableHeader, state: dict, parse: bool | None = None) -> Iterator[list[list[Any]]]:
         lines = self._lines
         name = self.path.name
         done = state.get("rows", 0)
         comma_pending = state.get("comma", False)
+        parse = self.parse_rows if parse is None else parse
         while True:
-            width = len(header.columns) if self.parse_rows else None
+            width = len(header.columns) if parse else None
             body, comma, trailer_next = lines.row_block(width, f"table {header.key!r}")
             if body or comma:
                 if done and not comma_pending:
                     raise _bad(f"{name}: table {header.key!r}: rows near row {done + 1} are not separated by a comma")
                 comma_pending = comma
-                if not self.parse_rows:
+                if not parse:
                     count = body.count(b"\n") + 1
                     block_start, done = done, done + count
                     state["rows"], state["comma"] = done, comma_pending
@@ -545,14 +585,18 @@ def scan(path: Path, max_line: int = 512 << 20,
     parse_rows=False only counts rows (fast; for row counts before a restore that checks every row anyway)."""
     with BackupReader(path, max_line, parse_rows=parse_rows) as reader:
         tables: list[TableHeader] = []
+        chunks = None
         for table in reader.tables():
             rows = 0
             for batch in table.batches():
                 rows += len(batch)
                 if on_progress:
                     on_progress(reader, table.header, rows)
-            tables.append(table.header)
-        return Contents(reader.metadata, tables, reader.src.uncompressed)
+            if table.header.kind == LARGE_OBJECTS:
+                chunks = rows
+            else:
+                tables.append(table.header)
+        return Contents(reader.metadata, tables, reader.src.uncompressed, large_object_chunks=chunks)
 
 
 def read_metadata(path: Path, max_line: int = 512 << 20) -> BackupMetadata:

@@ -51,6 +51,7 @@ class ArchiveWriter:
         self._tables = 0
         self._rows_in_table = 0
         self._table_bytes_start = 0
+        self._large_objects = False
         self._closed = False
 
     def _write(self, data: bytes) -> None:
@@ -80,14 +81,24 @@ class ArchiveWriter:
         return count
 
     def end_table(self) -> tuple[int, int]:
-        """Close the table object; returns (rows, uncompressed bytes) of the table."""
+        """Close the table object (or the large objects' section); returns its (rows, uncompressed bytes)."""
         close = b"\n]," if self._rows_in_table else b"],"  # the header line already ended with a newline
         self._write(close + b'"row_count":' + str(self._rows_in_table).encode() + b"}")
         return self._rows_in_table, self.uncompressed_bytes - self._table_bytes_start
 
+    def begin_large_objects(self, header: dict[str, Any]) -> None:
+        """Close `tables` and open the `large_objects` section: an object like a table's (`columns`, `data`,
+        `row_count`), whose rows are chunks of large objects. Only written when the database has any, so a
+        backup without large objects is the document it always was."""
+        head = _dumps(header)
+        self._write((b"\n" if self._tables else b"") + b'},"large_objects":' + head[:-1] + b',"data":[\n')
+        self._large_objects = True
+        self._rows_in_table = 0
+        self._table_bytes_start = self.uncompressed_bytes
+
     def finish(self) -> tuple[int, str]:
         """Close the document, flush to disk; returns (compressed size, sha256 hex)."""
-        self._write(b"\n}}\n")
+        self._write(b"\n}\n" if self._large_objects else b"\n}}\n")
         self._gz.close()
         self._raw.flush()
         os.fsync(self._raw.fileno())

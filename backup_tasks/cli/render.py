@@ -32,6 +32,10 @@ def render_create(r: dict[str, Any]) -> None:
     for t in r["tables"]:
         click.echo(f"- {t['name']}: {t['rows']} rows ({human_size(t['bytes'])})")
     click.echo(f"Total: {len(r['tables'])} tables, {r['total_rows']} rows")
+    if r.get("large_objects"):
+        click.echo(f"Large objects: {r['large_objects']} ({human_size(r.get('large_object_bytes') or 0)})")
+    for item in r.get("not_included") or []:
+        click.echo(f"Not included: {item['kind']} {item['name']} ({item['reason']})")
     click.echo(f"Backup size: {human_size(r['uncompressed_bytes'])} → {human_size(r['compressed_bytes'])} (compressed)")
     click.echo(f"Saved to: {r['path']}")
     if r.get("upload"):

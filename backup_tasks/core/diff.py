@@ -1,10 +1,10 @@
-"""calculate_diff: what a restore of the backup would change, per table.
+"""calculate_diff: what a restore of the backup would change, per table (and for the large objects).
 
-Row counts come from one pass over the file. With detailed=True every table that has a primary key and the same
-columns in both places is compared row by row: the file and the database are read at the same time, each row
-reduced to a (key hash, row hash) pair in a temporary table (server-side, so client memory stays bounded); tables
-whose pairs add up differently on the two sides are joined by the server: rows to insert, to delete and to
-change. The transaction is rolled back at the end, so nothing persists.
+Counts: the backup's row counts from its manifest (or one pass over the file), the database's by count(*), in one
+snapshot. Detailed (the default): every table that has a primary key and the same columns in both places is
+compared row by row in bounded memory (_DetailedDiff): rows equal on both sides are paired off by comparing bytes,
+the others are reduced to (key hash, row hash) fingerprints that the server joins: rows to insert, to delete and
+to change. The statements are pg/diff_ops.py's; the transaction is rolled back at the end.
 """
 
 from __future__ import annotations
@@ -16,62 +16,73 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-import psycopg2
-import psycopg2.extensions
-from psycopg2 import sql
-
-from ..archive.reader import BackupReader, Contents, read_contents_fast, scan
-from ..checksum import check_recorded
-from ..errors import DatabaseError, IntegrityError, InvalidBackupError
-from ..models import FORMAT_NAME, DiffSummary, TableDiff
-from ..pg.catalog import Table, read_catalog, read_migration_version
-from ..pg.connection import connection, pg_error_message, privilege_hint
 from ..archive.copytext import encode_rows
-from ..pg.copy_in import TableLoad, run_copy_pipeline
-from ..pg.copy_out import copy_out_select, read_tables
+from ..archive.reader import LARGE_OBJECTS, BackupReader, Contents
+from ..errors import DatabaseError, InvalidBackupError
 from ..memory import pin_mmap_threshold
+from ..models import DiffSummary, TableDiff
+from ..pg.catalog import Table
+from ..pg.copy_in import run_copy_pipeline
+from ..pg.copy_out import read_tables
+from ..pg.diff_ops import DiffSession, diff_session
 from ..progress import Progress, ProgressFn, Throttle
-from ..settings import get_settings
+from .options import EngineOptions
+from .source import BackupSource, open_source
 
 
-def calculate_diff(backup_path: Path, *, database_url: str | None = None, detailed: bool = True,
-                   progress: ProgressFn | None = None, tables: list[str] | None = None) -> DiffSummary:
+def calculate_diff(backup_path: Path, *, database_url: str, detailed: bool = True,
+                   progress: ProgressFn | None = None, tables: list[str] | None = None,
+                   options: EngineOptions = EngineOptions(), source: BackupSource | None = None,
+                   large_objects: bool | None = None) -> DiffSummary:
+    """What restoring the backup into `database_url` would change. `source` (an open_source() of the same file)
+    spares a second checksum pass; large_objects: count them too (default: unless `tables` selects tables)."""
     pin_mmap_threshold()
-    settings = get_settings()
-    url = database_url or settings.database_url
-    path = Path(backup_path)
-    report = Throttle(progress)
+    source = source or open_source(Path(backup_path), options.max_line_bytes, refuse_mismatch=False)
     selected = set(tables) if tables else None
-
-    with connection(url) as conn:
-        # One snapshot for the counts and the rows, exported to the process that reads the rows (pg/copy_out.py).
-        conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ)
-        cur = conn.cursor()
-        try:
-            catalog = read_catalog(cur)
-            current_version = read_migration_version(cur, catalog.alembic)
-            current = _count_rows(cur, catalog.tables)
-            db_tables = catalog.by_key()
-            if detailed:
-                contents, details = _detailed(cur, url, path, db_tables, selected, settings.BACKUP_MAX_LINE_BYTES, report)
-            else:
-                def on_progress(reader, header, rows):
-                    report(Progress("diff", header.key, rows, None, reader.compressed_done, reader.compressed_size))
-
-                contents = scan(path, settings.BACKUP_MAX_LINE_BYTES, on_progress, parse_rows=False)
-                details = {}
-        except psycopg2.Error as exc:
-            raise DatabaseError(f"diff failed: {pg_error_message(exc)}", hint=privilege_hint(exc)) from None
-        # connection() rolls back on exit (temp tables go with it), tolerating a connection already broken.
+    report = Throttle(progress)
+    with diff_session(database_url) as db:
+        current = db.row_counts(db.catalog.tables)
+        objects_now = db.large_objects()
+        if detailed:
+            contents, details, objects = _DetailedDiff(db, database_url, source, selected, options, report).run()
+        else:
+            contents, details, objects = _counts(source, report), {}, None
     report.flush()
+    counted = (tables is None) if large_objects is None else large_objects
+    return _summary(source, db, contents, current, details, selected, detailed,
+                    _objects_diff(source, objects_now, objects) if counted else None)
 
+
+def _counts(source: BackupSource, report: Throttle) -> Contents:
+    if source.manifest is not None:
+        return source.row_counts()
+    from ..archive.reader import scan
+
+    def on_progress(reader, header, rows) -> None:
+        report(Progress("diff", header.key, rows, None, reader.compressed_done, reader.compressed_size))
+
+    return scan(source.path, source.max_line, on_progress, parse_rows=False)
+
+
+def _objects_diff(source: BackupSource, current: int, detail: tuple[int, int] | None) -> TableDiff | None:
+    backup = source.contents.large_objects
+    if not backup and not current:
+        return None
+    inserted, deleted = detail if detail is not None else (None, None)
+    return TableDiff(current_rows=current, backup_rows=backup, diff=backup - current, to_insert=inserted,
+                     to_delete=deleted, to_change=None)
+
+
+def _summary(source: BackupSource, db: DiffSession, contents: Contents, current: dict[str, int],
+             details: dict[str, tuple[int, int, int]], selected: set[str] | None, detailed: bool,
+             objects: TableDiff | None) -> DiffSummary:
+    db_tables = db.catalog.by_key()
     result: dict[str, TableDiff] = {}
     for header in contents.tables:
         if selected is not None and header.key not in selected:
             continue
         table = db_tables.get(header.key)
-        cur_rows = current.get(header.key, 0)
-        d = details.get(header.key)
+        cur_rows, d = current.get(header.key, 0), details.get(header.key)
         result[header.key] = TableDiff(
             current_rows=cur_rows, backup_rows=header.row_count or 0, diff=(header.row_count or 0) - cur_rows,
             has_primary_key=bool(table and table.primary_key), in_database=table is not None,
@@ -79,7 +90,7 @@ def calculate_diff(backup_path: Path, *, database_url: str | None = None, detail
         )
     if selected is None:
         in_backup = {t.key for t in contents.tables}
-        for table in catalog.tables:
+        for table in db.catalog.tables:
             if table.key not in in_backup:  # a restore empties it
                 n = current.get(table.key, 0)
                 result[table.key] = TableDiff(current_rows=n, backup_rows=0, diff=-n, in_backup=False,
@@ -88,25 +99,13 @@ def calculate_diff(backup_path: Path, *, database_url: str | None = None, detail
                                               to_change=0 if detailed else None)
     total_current = sum(t.current_rows for t in result.values())
     total_backup = sum(t.backup_rows for t in result.values())
+    meta = contents.metadata
     return DiffSummary(
         tables=result, total_current_rows=total_current, total_backup_rows=total_backup,
-        total_diff=total_backup - total_current, backup_name=path.name,
-        backup_timestamp=contents.metadata.timestamp, backup_migration_version=contents.metadata.migration_version,
-        backup_database_name=contents.metadata.database_name,
-        current_migration_version=current_version,
+        total_diff=total_backup - total_current, backup_name=source.path.name, backup_timestamp=meta.timestamp,
+        backup_migration_version=meta.migration_version, backup_database_name=meta.database_name,
+        current_migration_version=db.migration_version, large_objects=objects,
     )
-
-
-def _count_rows(cur, tables: list[Table]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for start in range(0, len(tables), 200):
-        chunk = tables[start:start + 200]
-        cur.execute(sql.SQL(" UNION ALL ").join(
-            sql.SQL("SELECT {}::int, count(*) FROM ONLY {}").format(sql.Literal(i), t.ident)
-            for i, t in enumerate(chunk)))
-        for i, n in cur.fetchall():
-            counts[chunk[i].key] = int(n)
-    return counts
 
 
 def _comparable(header, table: Table | None) -> bool:
@@ -123,7 +122,7 @@ def _comparable(header, table: Table | None) -> bool:
 _MASK = (1 << 64) - 1
 
 
-class _RowKeys:
+class RowKeys:
     """How a table's rows are fingerprinted: (key hash, row hash) per row, from the row's COPY text line.
 
     Both sides have the same bytes for the same row: the database's rows as COPY TO writes them (pg/copy_out.py),
@@ -143,6 +142,11 @@ class _RowKeys:
             return b""
         lines = text.split(b"\n")
         lines.pop()  # after the last newline
+        return self.line_fingerprints(lines, tag, totals)
+
+    def line_fingerprints(self, lines: list[bytes], tag: int, totals: list[int]) -> bytes:
+        if not lines:
+            return b""
         try:
             if self.whole:
                 keys = lines
@@ -166,6 +170,7 @@ class _RowKeys:
 _BINARY_HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
 _BINARY_TRAILER = b"\xff\xff"
 _ROW_SIZE = 2 + 4 + 4 + 4 + 8 + 4 + 8  # 3 fields: tag int4, key hash int8, row hash int8
+LARGE_OBJECT_TAG = -2  # the file's large objects, by oid
 
 
 def _binary_rows(tag: int, keys: array, hashes: array) -> bytes:
@@ -173,8 +178,8 @@ def _binary_rows(tag: int, keys: array, hashes: array) -> bytes:
         keys.byteswap()
         hashes.byteswap()
     kb, hb = keys.tobytes(), hashes.tobytes()
-    row = b"".join((b"\x00\x03", b"\x00\x00\x00\x04", tag.to_bytes(4, "big"), b"\x00\x00\x00\x08", bytes(8),
-                    b"\x00\x00\x00\x08", bytes(8)))
+    row = b"".join((b"\x00\x03", b"\x00\x00\x00\x04", tag.to_bytes(4, "big", signed=True), b"\x00\x00\x00\x08",
+                    bytes(8), b"\x00\x00\x00\x08", bytes(8)))
     out = bytearray(row * len(keys))
     for j in range(8):
         out[14 + j::_ROW_SIZE] = kb[j::8]
@@ -182,23 +187,35 @@ def _binary_rows(tag: int, keys: array, hashes: array) -> bytes:
     return bytes(out)
 
 
-class _InOrder:
-    """One table's rows from both sides (0: the file, 1: the database), paired off while they come in one order.
+# How far ahead (in lines) a line is looked for on the other side after a difference: a row that an UPDATE moved
+# within its page, or a run of rows one side lacks, is found again; farther than this, both lines go to the join.
+LOOK_AHEAD = 64
+# A table whose rows keep failing to pair (another physical order altogether: CLUSTER, VACUUM FULL) stops being
+# paired after this many lines of which most went to the join: fingerprinting everything is cheaper than looking.
+GIVE_UP_LINES = 4096
+
+
+class Pairing:
+    """One table's rows from both sides (0: the file, 1: the database), paired off where they are equal.
 
     Right after a backup, or after a restore (COPY appends rows in the file's order), a sequential scan returns a
-    table's rows in the order the file holds them. Byte-equal runs of whole lines are equal rows on both sides:
-    they are dropped in pairs, which leaves the diff's counts as they are, for the price of a memcmp instead of
-    two hashes a row. From the first difference on, the rest of both sides is fingerprinted and left to the sums
-    and, if they differ, the server's join. Memory: the caller reads the database side up to the file side's
-    length, so at most about a block of each side is held."""
+    table's rows in the order the file holds them, and changes since then disturb that order only locally: an
+    updated row leaves its place (and shows up later, usually at the end), a deleted one is gone, an inserted one
+    appears. So both sides are compared a block at a time with one memcmp while they agree; where they do not, line
+    by line, each difference resolved by looking a little ahead on either side (LOOK_AHEAD) for the line the other
+    side has, and back to whole blocks as soon as they agree again. Only exactly equal lines (equal rows) are ever
+    paired, and pairs leave the diff's counts as they are; every other line is fingerprinted, and the server's join
+    decides what it is. Memory: the caller reads the database side up to the file side's length, so at most about
+    a block of each side is held."""
 
-    def __init__(self, keys: _RowKeys, tag: int, file_totals: list[int], db_totals: list[int]):
+    def __init__(self, keys: RowKeys, tag: int, file_totals: list[int], db_totals: list[int]):
         self._keys, self._tag = keys, tag
         self._totals = (file_totals, db_totals)
-        self._pending = [b"", b""]  # whole lines of each side not paired yet (one of the two is always empty)
+        self._pending = [b"", b""]  # whole lines of each side not paired yet
         self.ended = [False, False]
-        self.in_order = True
         self.read = [0, 0]  # bytes added per side
+        self._lines = self._unpaired = 0  # lines compared one by one, and how many of those went to the join
+        self.pairing = True
 
     def wants_database(self) -> bool:
         return not self.ended[1] and self.read[1] < self.read[0]
@@ -206,41 +223,86 @@ class _InOrder:
     def add(self, side: int, text: bytes) -> bytes:
         """Rows of one side (COPY text lines); returns the fingerprint rows to load, if any."""
         self.read[side] += len(text)
-        if not self.in_order or self.ended[1 - side]:
-            return self._fingerprints(side, text)
-        pending = self._pending
-        mine = pending[side] + text if pending[side] else text
-        theirs = pending[1 - side]
-        n = min(len(mine), len(theirs))
-        # Both hold whole lines: if the longer starts with the shorter, the cut is at a line boundary in both.
-        if mine[:n] == theirs[:n]:
-            pending[side], pending[1 - side] = mine[n:], theirs[n:]
-            return b""
-        # The first line that differs: the lines before it are paired off, the rest is fingerprinted.
-        lines_mine, lines_theirs = mine.split(b"\n"), theirs.split(b"\n")
-        same = next((j for j, (a, b) in enumerate(zip(lines_mine, lines_theirs)) if a != b), 0)
-        self.in_order = False
-        self._pending = [b"", b""]
-        return (self._fingerprints(side, b"\n".join(lines_mine[same:]))
-                + self._fingerprints(1 - side, b"\n".join(lines_theirs[same:])))
+        if not self.pairing or (self.ended[1 - side] and not self._pending[1 - side]):
+            return self._fingerprint(side, text)
+        self._pending[side] = self._pending[side] + text if self._pending[side] else text
+        return self._pair()
 
     def end(self, side: int) -> bytes:
-        """One side has no more rows: the other side's unpaired rows never will be paired."""
+        """One side has no more rows: what the other side holds or sends now can pair only with what this side
+        still holds."""
         self.ended[side] = True
-        other, self._pending[1 - side] = self._pending[1 - side], b""
-        return self._fingerprints(1 - side, other)
+        out = self._pair() if self.pairing else b""
+        return out + self._leftovers()
 
-    def _fingerprints(self, side: int, text: bytes) -> bytes:
+    def _leftovers(self) -> bytes:
+        out = []
+        for side in (0, 1):
+            other = 1 - side
+            if self.ended[other] and not self._pending[other] and self._pending[side]:
+                out.append(self._fingerprint(side, self._pending[side]))
+                self._pending[side] = b""
+        return b"".join(out)
+
+    def _pair(self) -> bytes:
+        a, b = self._pending
+        n = min(len(a), len(b))
+        if a[:n] == b[:n]:  # both hold whole lines: the shorter is a prefix of the longer at a line boundary
+            self._pending = [a[n:], b[n:]]
+            return self._leftovers()
+        left, out = self._pair_lines(a.split(b"\n")[:-1], b.split(b"\n")[:-1])
+        self._pending = left
+        if self._lines >= GIVE_UP_LINES and self._unpaired * 2 > self._lines:
+            self.pairing = False  # another order altogether: everything goes to the join from here on
+            out += self._fingerprint(0, left[0]) + self._fingerprint(1, left[1])
+            self._pending = [b"", b""]
+        return out + self._leftovers()
+
+    def _pair_lines(self, la: list[bytes], lb: list[bytes]) -> tuple[list[bytes], bytes]:
+        """Walk both sides' lines: equal ones are paired, a difference is resolved by a look ahead. Returns each
+        side's lines that the other side has not reached yet (as text) and the fingerprints of the unpaired."""
+        i = j = 0
+        na, nb = len(la), len(lb)
+        lost_a: list[bytes] = []
+        lost_b: list[bytes] = []
+        while i < na and j < nb:
+            if la[i] == lb[j]:
+                i += 1
+                j += 1
+                continue
+            found = _index(la, lb[j], i + 1, min(na, i + LOOK_AHEAD))
+            if found >= 0:  # lines only the file has, then the database's line
+                lost_a.extend(la[i:found])
+                i = found
+                continue
+            found = _index(lb, la[i], j + 1, min(nb, j + LOOK_AHEAD))
+            if found >= 0:
+                lost_b.extend(lb[j:found])
+                j = found
+                continue
+            lost_a.append(la[i])
+            lost_b.append(lb[j])
+            i += 1
+            j += 1
+        self._lines += i
+        self._unpaired += max(len(lost_a), len(lost_b))
+        left = [b"".join(x + b"\n" for x in la[i:]), b"".join(x + b"\n" for x in lb[j:])]
+        return left, (self._keys.line_fingerprints(lost_a, self._tag, self._totals[0])
+                      + self._keys.line_fingerprints(lost_b, self._tag + 1, self._totals[1]))
+
+    def _fingerprint(self, side: int, text: bytes) -> bytes:
         return self._keys.fingerprints(text, self._tag + side, self._totals[side])
+
+
+def _index(lines: list[bytes], line: bytes, start: int, stop: int) -> int:
+    try:
+        return lines.index(line, start, stop)
+    except ValueError:
+        return -1
 
 
 def _no_rows() -> Iterator[tuple[int, bytes | None]]:
     yield from ()
-
-
-def _database_block(pairs: _InOrder, database: _DatabaseRows) -> bytes:
-    text = database.next()
-    return pairs.end(1) if text is None else pairs.add(1, text)
 
 
 class _DatabaseRows:
@@ -281,120 +343,110 @@ class _DatabaseRows:
         return item[1]
 
 
-_TEMP = sql.Identifier("backup_tasks_diff")
-
-
-def _detailed(cur, url: str, path: Path, db_tables: dict[str, Table], selected, max_line: int,
-              report: Throttle) -> tuple[Contents, dict[str, tuple[int, int, int]]]:
+class _DetailedDiff:
     """Row-level diff in bounded memory.
 
     Both sides are read at the same time as COPY text, table by table: the file's JSON lines converted (as for a
     restore), the database's rows as a child process reads them in this transaction's snapshot (pg/copy_out.py),
     so the server's and the child's work overlap the file's decoding, and no Python objects are made for values.
-    Rows that come in the same order on both sides are paired off by comparing bytes (_InOrder); the others are
-    reduced to (key hash, row hash) pairs, which go through one COPY into one temporary table. A table whose two
-    sides have the same row count and the same sums of key and row hashes holds the same rows (up to a 2^-64
-    chance); only the others are joined by the server: rows to insert, to delete and to change. The transaction
-    is rolled back at the end."""
-    contents = read_contents_fast(path, max_line) or scan(path, max_line)
-    compared: list[tuple[str, Table, list[str], _RowKeys]] = []
-    for header in contents.tables:
-        table = db_tables.get(header.key)
-        if (selected is None or header.key in selected) and _comparable(header, table):
-            compared.append((header.key, table, header.columns,
-                             _RowKeys(header.columns, [header.columns.index(c) for c in table.primary_key])))
-    index_of = {key: i for i, (key, _, _, _) in enumerate(compared)}
-    # Per table and side (tag = 2 * table index + side): [rows, sum of key hashes, sum of row hashes].
-    totals = [[0, 0, 0] for _ in range(2 * len(compared))]
-    # A file that matches the SHA-256 recorded when backup_tasks wrote it holds its lines exactly as written:
-    # they become COPY text in bulk, as for a restore, after a check of their shape (0.16 s for the checksum of
-    # the 126 MB file of 3 M rows). Any other file is parsed and its rows written again the canonical way.
-    trusted = _matches_recorded_checksum(path) and contents.metadata.format == FORMAT_NAME
-    result: list[Contents] = []
+    Rows are paired (Pairing); the others' fingerprints go through one binary COPY into one temporary table. A
+    table whose two sides have the same row count and the same sums of key and row hashes holds the same rows (up
+    to a 2^-64 chance); only the others are joined by the server. The file's large objects' oids go into the same
+    table, to be compared with the database's."""
 
-    def chunks() -> Iterator[tuple[bytes, Any]]:
+    def __init__(self, db: DiffSession, url: str, source: BackupSource, selected: set[str] | None,
+                 options: EngineOptions, report: Throttle):
+        self.db, self.url, self.source, self.report = db, url, source, report
+        self.max_line = options.max_line_bytes
+        db_tables = db.catalog.by_key()
+        self.compared: list[tuple[str, Table, list[str], RowKeys]] = []
+        for header in source.contents.tables:
+            table = db_tables.get(header.key)
+            if (selected is None or header.key in selected) and _comparable(header, table):
+                self.compared.append((header.key, table, header.columns,
+                                      RowKeys(header.columns, [header.columns.index(c) for c in table.primary_key])))
+        self.index_of = {key: i for i, (key, _, _, _) in enumerate(self.compared)}
+        # Per table and side (tag = 2 * table index + side): [rows, sum of key hashes, sum of row hashes].
+        self.totals = [[0, 0, 0] for _ in range(2 * len(self.compared))]
+        self.contents: Contents | None = None
+        self.file_objects = 0
+
+    def run(self) -> tuple[Contents, dict[str, tuple[int, int, int]], tuple[int, int] | None]:
+        # Statements run before the COPY, in this thread (the producer thread must not run any: it would interrupt
+        # the COPY in progress).
+        statements = self.db.copy_statements([(table, columns) for _, table, columns, _ in self.compared])
+        snapshot = self.db.export_snapshot()
+        load = self.db.fingerprint_table()
+        run_copy_pipeline(self.db.cur, iter([(load, self._chunks(statements, snapshot))]),
+                          on_chunk=lambda mark: mark is not None and self.report(mark))
+        differing = [i for i in range(len(self.compared)) if self.totals[2 * i] != self.totals[2 * i + 1]]
+        counts = self.db.join(differing)
+        details = {key: counts.get(i, (0, 0, 0)) for i, (key, _, _, _) in enumerate(self.compared)}
+        objects = self.db.large_object_changes(LARGE_OBJECT_TAG) if self._knows_objects() else None
+        return self.contents, details, objects
+
+    def _knows_objects(self) -> bool:
+        return bool(self.source.contents.large_objects) or self.file_objects > 0 or self.db.large_objects() > 0
+
+    def _chunks(self, statements: list[str], snapshot: str) -> Iterator[tuple[bytes, Any]]:
+        """The producer: the fingerprint rows of both sides, as one binary COPY stream."""
         yield _BINARY_HEADER, None
-        stream = read_tables(url, statements, snapshot) if compared else _no_rows()
+        stream = read_tables(self.url, statements, snapshot) if self.compared else _no_rows()
         database = _DatabaseRows(stream)
         try:
             headers = []
-            with BackupReader(path, max_line, parse_rows=not trusted) as reader:
-                total = reader.compressed_size
+            with BackupReader(self.source.path, self.max_line, parse_rows=not self.source.trusted) as reader:
                 for table_rows in reader.tables():
-                    header = table_rows.header
-                    headers.append(header)
-                    i = index_of.get(header.key)
-                    if i is None or header.columns != compared[i][2]:
-                        if i is not None:
-                            raise InvalidBackupError(f"{path.name}: table {header.key!r} has other columns than "
-                                                     "its metadata lists")
-                        for _ in table_rows.batches():
-                            pass  # counted and checked by the reader
+                    if table_rows.header.kind == LARGE_OBJECTS:
+                        yield from self._objects(table_rows)
                         continue
-                    for j, text in database.skip_to(i):
-                        yield compared[j][3].fingerprints(text, 2 * j + 1, totals[2 * j + 1]), None
-                    pairs = _InOrder(compared[i][3], 2 * i, totals[2 * i], totals[2 * i + 1])
-                    if not database.open:
-                        pairs.end(1)
-                    width, rows = len(header.columns), 0
-                    for batch in table_rows.batches():
-                        rows += len(batch)
-                        yield pairs.add(0, encode_rows(batch, width)), Progress(
-                            "diff", header.key, rows, None, reader.compressed_done, total)
-                        while pairs.wants_database():
-                            yield _database_block(pairs, database), None
-                    yield pairs.end(0), None
-                    while not pairs.ended[1]:
-                        yield _database_block(pairs, database), None
-                result.append(Contents(reader.metadata, headers, reader.src.uncompressed))
-            for j, text in database.skip_to(len(compared)):  # tables the file's list names but its data lacks
-                yield compared[j][3].fingerprints(text, 2 * j + 1, totals[2 * j + 1]), None
+                    headers.append(table_rows.header)
+                    yield from self._table(table_rows, database, reader)
+                self.contents = Contents(reader.metadata, headers, reader.src.uncompressed)
+            for j, text in database.skip_to(len(self.compared)):  # tables the file's list names but its data lacks
+                yield self.compared[j][3].fingerprints(text, 2 * j + 1, self.totals[2 * j + 1]), None
             if next(stream, None) is not None:
                 raise DatabaseError("reading rows failed: the database's rows went on after the last table")
             yield _BINARY_TRAILER, None
         finally:
             stream.close()  # stopped early: the reading child goes too
 
-    def on_chunk(mark) -> None:
-        if mark is not None:
-            report(mark)
+    def _table(self, table_rows, database: _DatabaseRows, reader: BackupReader) -> Iterator[tuple[bytes, Any]]:
+        header = table_rows.header
+        i = self.index_of.get(header.key)
+        if i is None or header.columns != self.compared[i][2]:
+            if i is not None:
+                raise InvalidBackupError(f"{self.source.path.name}: table {header.key!r} has other columns than "
+                                         "its metadata lists")
+            for _ in table_rows.batches():
+                pass  # counted and checked by the reader
+            return
+        keys = self.compared[i][3]
+        for j, text in database.skip_to(i):
+            yield self.compared[j][3].fingerprints(text, 2 * j + 1, self.totals[2 * j + 1]), None
+        pairs = Pairing(keys, 2 * i, self.totals[2 * i], self.totals[2 * i + 1])
+        if not database.open:
+            yield pairs.end(1), None
+        width, rows = len(header.columns), 0
+        for batch in table_rows.batches():
+            rows += len(batch)
+            yield pairs.add(0, encode_rows(batch, width)), Progress(
+                "diff", header.key, rows, None, reader.compressed_done, reader.compressed_size)
+            while pairs.wants_database():
+                yield self._database_block(pairs, database), None
+        yield pairs.end(0), None
+        while not pairs.ended[1]:
+            yield self._database_block(pairs, database), None
 
-    # Statements run before the COPY, in this thread (the producer threads must not run any: it would interrupt
-    # the COPY in progress).
-    statements = [copy_out_select(table, columns).as_string(cur) for _, table, columns, _ in compared]
-    cur.execute("SELECT pg_export_snapshot()")
-    snapshot = cur.fetchone()[0]
-    cur.execute(sql.SQL("CREATE TEMP TABLE {} (t int, k bigint, h bigint) ON COMMIT DROP").format(_TEMP))
-    load = TableLoad("diff", sql.SQL("COPY {} FROM STDIN WITH (FORMAT binary)").format(_TEMP))
-    run_copy_pipeline(cur, iter([(load, chunks())]), on_chunk=on_chunk)
-    contents = result[0]
+    @staticmethod
+    def _database_block(pairs: Pairing, database: _DatabaseRows) -> bytes:
+        text = database.next()
+        return pairs.end(1) if text is None else pairs.add(1, text)
 
-    differing = [i for i in range(len(compared)) if totals[2 * i] != totals[2 * i + 1]]
-    counts = _compare(cur, differing)
-    return contents, {key: counts.get(i, (0, 0, 0)) for i, (key, _, _, _) in enumerate(compared)}
-
-
-def _matches_recorded_checksum(path: Path) -> bool:
-    """A mismatch is no error here: the diff only reports (a restore refuses such a file)."""
-    try:
-        return check_recorded(path) is not None
-    except IntegrityError:
-        return False
-
-
-def _compare(cur, tables: list[int]) -> dict[int, tuple[int, int, int]]:
-    """(to insert, to delete, to change) for each table index, joining the file's rows (even tags) with the
-    database's (odd tags) on the key hash."""
-    if not tables:
-        return {}
-    # Statistics make the planner choose a hash join: without them it guesses billions of rows and sorts both
-    # sides for a merge join (measured 2.6 s against 1.5 s + 0.2 s for ANALYZE at 2 M rows).
-    cur.execute(sql.SQL("ANALYZE {}").format(_TEMP))
-    tags = [2 * i for i in tables]
-    cur.execute(sql.SQL(
-        "SELECT coalesce(b.t, c.t) / 2, count(*) FILTER (WHERE c.k IS NULL), count(*) FILTER (WHERE b.k IS NULL), "
-        "count(*) FILTER (WHERE b.h <> c.h) "
-        "FROM (SELECT t, k, h FROM {0} WHERE t = ANY(%s)) b "
-        "FULL JOIN (SELECT t - 1 AS t, k, h FROM {0} WHERE t - 1 = ANY(%s)) c ON b.t = c.t AND b.k = c.k "
-        "GROUP BY 1").format(_TEMP), (tags, tags))
-    return {int(i): (int(ins), int(dele), int(chg)) for i, ins, dele, chg in cur.fetchall()}
+    def _objects(self, table_rows) -> Iterator[tuple[bytes, Any]]:
+        """The file's large objects, one fingerprint row each (its oid as the key) under LARGE_OBJECT_TAG."""
+        for batch in table_rows.batches():
+            oids = [row[0] for row in batch if row[2] == 0 and type(row[0]) is int]
+            self.file_objects += len(oids)
+            if oids:
+                yield _binary_rows(LARGE_OBJECT_TAG, array("q", oids), array("q", [0] * len(oids))), None

@@ -1,4 +1,8 @@
-"""restore_backup: replace the database's data with a backup's, all-or-nothing in one transaction."""
+"""restore_backup: replace the database's data with a backup's, all-or-nothing in one transaction.
+
+The statements are pg/restore_tx.py's; this module decides what is restored (core/plan.py), streams the file's
+rows to the transaction's COPYs, and reports. Any failure rolls everything back.
+"""
 
 from __future__ import annotations
 
@@ -7,196 +11,156 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import psycopg2
-from psycopg2 import sql
-
-from ..checksum import check_recorded
-from ..archive.reader import BackupReader, Contents, read_contents_fast, scan
-from ..errors import BackupError, DatabaseError, InvalidBackupError, RestoreError, SchemaMismatchError, UsageError
-from ..models import FORMAT_NAME, RestoredTable, RestoreResult
-from ..pg import restore_ops as ops
-from ..pg.catalog import read_catalog, read_migration_version
-from ..pg.connection import connection, pg_error_message, privilege_hint
 from ..archive.copytext import encode_rows
-from ..pg.copy_in import TableLoad, copy_statement, run_copy_pipeline
-from ..progress import Progress, ProgressFn, Throttle
+from ..archive.reader import LARGE_OBJECTS, BackupReader
+from ..errors import InvalidBackupError
 from ..memory import pin_mmap_threshold
-from ..settings import get_settings
+from ..models import LARGE_OBJECTS_FORMAT_VERSION, RestoredTable, RestoreResult
+from ..pg.copy_in import TableLoad, copy_statement
+from ..pg.restore_tx import RestoreTransaction, restore_transaction
+from ..progress import Progress, ProgressFn, Throttle, no_progress
 from .diff import calculate_diff
+from .options import EngineOptions
 from .plan import RestorePlan, plan_restore
-
-
-def load_contents(path: Path, max_line: int) -> Contents:
-    """Table list from the metadata when the file carries one (no extra pass), else from a full scan."""
-    return read_contents_fast(path, max_line) or scan(path, max_line)
-
-
-def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: str | None = None,
-                   dry_run: bool = False, tables: list[str] | None = None,
-                   progress: ProgressFn | None = None) -> RestoreResult:
-    """Restore the backup into the database (DATABASE_URL or `database_url`).
-
-    show_diff computes the seed's per-table row counts first (result.diff); dry_run computes the full diff
-    and changes nothing. Raises a BackupError (a RuntimeError); on any failure nothing was changed.
-    """
-    pin_mmap_threshold()
-    settings = get_settings()
-    url = database_url or settings.database_url
-    path = Path(backup_path)
-    started = time.monotonic()
-    # A file changed since it was written is refused before the database is touched.
-    verified = check_recorded(path) if path.is_file() else None
-    contents = load_contents(path, settings.BACKUP_MAX_LINE_BYTES)
-    meta = contents.metadata
-    # Bytes that match the SHA-256 recorded when backup_tasks wrote them are its own canonical JSON lines: they go
-    # to COPY without being parsed again (measured: ~40% of the restore's Python work). Any other file (no
-    # sidecar, another writer) is parsed and checked row by row.
-    trusted = verified is not None and meta.format == FORMAT_NAME
-    if tables is not None and not tables:
-        tables = None
-
-    diff = None
-    if dry_run:
-        _check_plan(url, contents, tables)
-    if dry_run or show_diff:
-        diff = calculate_diff(path, database_url=url, detailed=dry_run, progress=progress, tables=tables)
-    if dry_run:
-        return RestoreResult(
-            success=True, dry_run=True, restored_tables=0, restored_rows=0,
-            message="Dry run: nothing was changed.", backup_name=path.name, backup_timestamp=meta.timestamp,
-            migration_version_before=diff.current_migration_version, migration_version_after=meta.migration_version,
-            diff=diff, duration_s=round(time.monotonic() - started, 3),
-        )
-
-    report = Throttle(progress)
-    with connection(url) as conn:
-        cur = conn.cursor()
-        try:
-            ops.lock_timeout(cur, settings.BACKUP_LOCK_TIMEOUT_S)
-            catalog = read_catalog(cur)
-            plan = plan_restore(contents, catalog, tables)
-            sequences = _sequences_to_restore(cur, contents, plan, tables)
-            before = read_migration_version(cur, catalog.alembic)
-            targets = plan.targets
-            ancestors = ops.partition_ancestors(cur, catalog.tables)  # all tables: see relevant_foreign_keys
-            fks, coverage = ops.relevant_foreign_keys(catalog, targets, ancestors)
-            if tables:
-                _refuse_broken_references(cur, coverage)
-
-            triggers = ops.disable_user_triggers(cur, catalog, targets)
-            saved_fks = ops.drop_foreign_keys(cur, fks)
-            saved_checks = ops.drop_unvalidated_checks(cur, targets)
-            ops.truncate(cur, targets)
-            saved_indexes: list[ops.SavedIndex] = []
-
-            def before_table(load: TableLoad) -> None:
-                if load.big:
-                    saved_indexes.extend(ops.drop_indexes_for_load(cur, [load.table]))
-            # A partial restore (`tables=`) leaves every other table as it is, so the database as a whole is
-            # not at the backup's migration version: only a full restore adjusts alembic_version.
-            has_alembic = (not tables) and ops.set_migration_version(cur, catalog.alembic, meta.migration_version)
-
-            restored: list[RestoredTable] = []
-            with BackupReader(path, settings.BACKUP_MAX_LINE_BYTES, parse_rows=not trusted) as reader:
-                total = reader.compressed_size
-
-                def on_chunk(mark: Any) -> None:
-                    key, rows = mark
-                    report(Progress("restore", key, rows, contents.total_rows or None,
-                                    reader.compressed_done, total))
-
-                run_copy_pipeline(
-                    cur, _load_stream(reader, plan, contents, settings.BACKUP_REBUILD_INDEXES_MIN_ROWS),
-                    on_table=lambda load: restored.append(RestoredTable(name=load.key, rows=load.rows)),
-                    on_chunk=on_chunk, before_table=before_table,
-                )
-                if not reader.finished:
-                    raise InvalidBackupError(f"{path.name} ended before the document was complete")
-            report.flush()
-            ops.rebuild_indexes(cur, saved_indexes)
-            ops.add_foreign_keys(cur, saved_fks)
-            ops.add_foreign_keys(cur, saved_checks)  # same statement shape: ALTER TABLE … ADD CONSTRAINT … NOT VALID
-            ops.enable_triggers(cur, triggers)
-            # setval is not transactional: it runs last, once nothing else can fail but the commit.
-            if sequences is None:  # the file records no sequence states: derive them from the restored rows
-                sequences_set = ops.sync_owned_sequences(cur, [p.table for p in plan.loads.values()] + plan.emptied,
-                                                         ancestors)
-            else:
-                ops.set_sequences(cur, sequences)
-                sequences_set = len(sequences)
-            conn.commit()
-        except psycopg2.Error as exc:
-            _rollback(conn)
-            hint = privilege_hint(exc)
-            raise RestoreError(f"restore failed and was rolled back: {pg_error_message(exc)}",
-                               hint=f"Nothing was changed. {hint}" if hint else None) from None
-        except BaseException:
-            _rollback(conn)
-            raise
-
-    rows = sum(t.rows for t in restored)
-    return RestoreResult(
-        success=True, restored_tables=len(restored), restored_rows=rows,
-        message=f"Restore completed: {len(restored)} tables, {rows} rows",
-        backup_name=path.name, backup_timestamp=meta.timestamp,
-        migration_version_before=before,
-        migration_version_after=meta.migration_version if has_alembic else before,
-        truncated=[t.key for t in targets], tables=restored, sequences_restored=sequences_set,
-        triggers_mode="disabled user triggers during load" if triggers else None,
-        diff=diff, duration_s=round(time.monotonic() - started, 3),
-    )
-
-
-def _rollback(conn) -> None:
-    """Roll back. A connection that died (terminated by the server, network gone) raised InterfaceError here,
-    which replaced the RestoreError with a traceback; its transaction ended with it, so there is nothing to undo."""
-    try:
-        conn.rollback()
-    except psycopg2.Error:
-        pass
-
-
-def _check_plan(url: str, contents: Contents, tables: list[str] | None) -> None:
-    """A dry run refuses what the restore would refuse before changing anything: tables, columns or sequences the
-    database lacks. The diff alone listed such tables and reported success, and only the real restore failed."""
-    with connection(url) as conn:
-        cur = conn.cursor()
-        try:
-            plan = plan_restore(contents, read_catalog(cur), tables)
-            _sequences_to_restore(cur, contents, plan, tables)
-        except psycopg2.Error as exc:
-            raise DatabaseError(f"dry run failed: {pg_error_message(exc)}", hint=privilege_hint(exc)) from None
-
+from .source import BackupSource, open_source
 
 # A table is "big" (its indexes are built again after the load rather than maintained during it) when it holds
-# at least BACKUP_REBUILD_INDEXES_MIN_ROWS rows, or this many bytes of rows.
+# at least EngineOptions.rebuild_indexes_min_rows rows, or this many bytes of rows.
 BIG_TABLE_BYTES = 4 << 20
 
 
-def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents,
-                 big_rows: int) -> Iterator[tuple[TableLoad, Any]]:
-    """Runs in the producer thread: each table of the file, checked against the plan, as encoded chunks.
+def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: str, dry_run: bool = False,
+                   tables: list[str] | None = None, progress: ProgressFn | None = None,
+                   options: EngineOptions = EngineOptions(), large_objects: bool | None = None) -> RestoreResult:
+    """Restore the backup into the database at `database_url`.
+
+    show_diff computes the seed's per-table row counts first (result.diff: from the backup's manifest and the
+    database, without reading the file twice); dry_run computes the full row-level diff and changes nothing.
+    large_objects: None restores them with a full restore and leaves them alone with `tables`; True/False force.
+    Raises a BackupError (a RuntimeError); on any failure nothing was changed.
+    """
+    pin_mmap_threshold()
+    started = time.monotonic()
+    source = open_source(Path(backup_path), options.max_line_bytes)  # a changed file is refused here
+    tables = tables or None
+    with_objects = _restores_large_objects(source, tables, large_objects)
+    if dry_run:
+        return _dry_run(source, database_url, tables, with_objects, options, progress, started)
+    diff = (calculate_diff(source.path, database_url=database_url, detailed=False, tables=tables, options=options,
+                           source=source) if show_diff else None)
+    with restore_transaction(database_url, options.lock_timeout_s) as tx:
+        plan = plan_restore(source.contents, tx.catalog, tables)
+        sequences = _sequence_states(tx, source, plan, tables)
+        if tables:
+            tx.refuse_broken_references(plan.targets)
+        views = tx.materialized_views(plan.targets) if options.refresh_views else []
+        tx.prepare(plan.targets, migration_version=source.contents.metadata.migration_version,
+                   set_migration=not tables, large_objects=with_objects)
+        loaded = _load(tx, source, plan, options, progress, with_objects)
+        finished = tx.finish(sequences, plan.targets, views, progress or no_progress,
+                             expected_large_objects=source.contents.large_objects if with_objects else None)
+    return _result(source, tx, plan, loaded, finished, diff, with_objects, started)
+
+
+def _restores_large_objects(source: BackupSource, tables: list[str] | None, asked: bool | None) -> bool:
+    """Whether this restore replaces the database's large objects. A file written before backup_tasks kept them
+    (format version 1 from a tool older than 0.2.0, or another writer) says nothing about them: the database's
+    are left as they are rather than removed for a backup that never had them."""
+    if asked is not None:
+        return asked and _knows_large_objects(source)
+    return tables is None and _knows_large_objects(source)
+
+
+def _knows_large_objects(source: BackupSource) -> bool:
+    meta = source.contents.metadata
+    if meta.format_version >= LARGE_OBJECTS_FORMAT_VERSION:
+        return True
+    version = tuple(int(p) for p in (meta.tool_version or "0").split(".")[:2] if p.isdigit())
+    return meta.format == "backup_tasks" and version >= (0, 2)
+
+
+def _sequence_states(tx: RestoreTransaction, source: BackupSource, plan: RestorePlan,
+                     tables: list[str] | None) -> list[tuple[str, str, int, bool]] | None:
+    """The recorded sequence states to set, or None when the file records none (a file in the seed's bare
+    format, whose metadata has no `sequences` field): then the restore derives them from the restored rows,
+    or the application's next INSERT into a serial or identity column would collide with a restored row."""
+    meta = source.contents.metadata
+    if "sequences" not in meta.model_fields_set:
+        return None
+    recorded = [(s.schema_name, s.name, s.last_value, s.is_called) for s in meta.sequences]
+    return tx.sequence_states(recorded, [p.table for p in plan.loads.values()], partial=bool(tables))
+
+
+def _load(tx: RestoreTransaction, source: BackupSource, plan: RestorePlan, options: EngineOptions,
+          progress: ProgressFn | None, with_objects: bool) -> list[RestoredTable]:
+    report = Throttle(progress)
+    restored: list[RestoredTable] = []
+    total_rows = source.manifest.total_rows if source.manifest else None
+    with BackupReader(source.path, options.max_line_bytes, parse_rows=not source.trusted) as reader:
+        def on_chunk(mark: Any) -> None:
+            key, rows = mark
+            report(Progress("restore", key, rows, total_rows, reader.compressed_done, reader.compressed_size))
+
+        def on_table(load: TableLoad) -> None:
+            if load.table is not None:
+                restored.append(RestoredTable(name=load.key, rows=load.rows))
+
+        stream = _LoadStream(reader, plan, {t.key for t in source.contents.tables},
+                             options.rebuild_indexes_min_rows, tx.large_objects_copy if with_objects else None)
+        tx.load(stream, on_chunk=on_chunk, on_table=on_table)
+        if not reader.finished:
+            raise InvalidBackupError(f"{source.path.name} ended before the document was complete")
+        if with_objects and source.contents.large_objects and not stream.saw_large_objects:
+            raise InvalidBackupError(f"{source.path.name}: its metadata lists large objects its data lacks")
+    report.flush()
+    return restored
+
+
+class _LoadStream:
+    """Runs in the producer thread: each table of the file, checked against the plan, as encoded chunks; then
+    the large objects' chunk rows, for the staging table.
 
     Before a table is handed over, its first blocks are read ahead until it is known to be big: the table list
     at the head of the file has no row counts (they follow each table's rows), and the indexes must be dropped
     before its COPY starts. At most ~BIG_TABLE_BYTES are held for that."""
-    # The tables may come in any order: JSON objects are unordered, and a file re-serialised by another tool
-    # (sorted keys, say) is still the same document. Every table must be listed in the metadata, exactly once
-    # (the reader refuses duplicate keys), and all of them must be there.
-    expected = {t.key for t in contents.tables}
-    seen: set[str] = set()
-    for table in reader.tables():
+
+    def __init__(self, reader: BackupReader, plan: RestorePlan, expected: set[str], big_rows: int,
+                 objects_copy: Any):
+        self.reader, self.plan, self.expected = reader, plan, expected
+        self.big_rows, self.objects_copy = big_rows, objects_copy
+        self.saw_large_objects = False
+
+    def __iter__(self) -> Iterator[tuple[TableLoad, Iterator[tuple[bytes, Any]]]]:
+        # The tables may come in any order: JSON objects are unordered, and a file re-serialised by another tool
+        # (sorted keys, say) is still the same document. Every table must be listed in the metadata, exactly once
+        # (the reader refuses duplicate keys), and all of them must be there.
+        name = self.reader.path.name
+        expected = self.expected
+        seen: set[str] = set()
+        for table in self.reader.tables():
+            header = table.header
+            if header.kind == LARGE_OBJECTS:
+                yield from self._large_objects(table)
+                continue
+            if header.key not in expected:
+                raise InvalidBackupError(f"{name}: table {header.key!r} is not listed in its metadata")
+            seen.add(header.key)
+            load = self._table_load(table)
+            if load is not None:
+                yield load
+        if seen != expected:
+            missing = sorted(expected - seen)
+            raise InvalidBackupError(f"{name} lacks tables its metadata lists: {', '.join(missing[:5])}")
+
+    def _table_load(self, table) -> tuple[TableLoad, Iterator[tuple[bytes, Any]]] | None:
         header = table.header
-        if header.key not in expected:
-            raise InvalidBackupError(f"{reader.path.name}: table {header.key!r} is not listed in its metadata")
-        seen.add(header.key)
-        target = plan.loads.get(header.key)
+        target = self.plan.loads.get(header.key)
         if target is None:  # not selected with --table: read past it
             for _ in table.batches():
                 pass
-            continue
+            return None
         if header.columns != target.header.columns:
-            raise InvalidBackupError(f"{reader.path.name}: table {header.key!r} has other columns than the "
+            raise InvalidBackupError(f"{self.reader.path.name}: table {header.key!r} has other columns than the "
                                      "metadata lists")
         load = TableLoad(header.key, copy_statement(target.table.ident, header.columns), target.table)
         batches = table.batches()
@@ -205,14 +169,19 @@ def _load_stream(reader: BackupReader, plan: RestorePlan, contents: Contents,
             ahead.append(batch)
             rows += len(batch)
             size += len(getattr(batch, "raw", None) or b"")
-            if rows >= big_rows or size >= BIG_TABLE_BYTES:
+            if rows >= self.big_rows or size >= BIG_TABLE_BYTES:
                 break
-        load.big = rows >= big_rows or size >= BIG_TABLE_BYTES
+        load.big = rows >= self.big_rows or size >= BIG_TABLE_BYTES
+        return load, _encoded(itertools.chain(ahead, batches), load, len(header.columns))
 
-        yield load, _encoded(itertools.chain(ahead, batches), load, len(header.columns))
-    if seen != expected:
-        missing = sorted(expected - seen)
-        raise InvalidBackupError(f"{reader.path.name} lacks tables its metadata lists: {', '.join(missing[:5])}")
+    def _large_objects(self, table) -> Iterator[tuple[TableLoad, Iterator[tuple[bytes, Any]]]]:
+        self.saw_large_objects = True
+        if self.objects_copy is None:
+            for _ in table.batches():
+                pass
+            return
+        load = TableLoad("large objects", self.objects_copy)
+        yield load, _encoded(table.batches(), load, len(table.header.columns))
 
 
 def _encoded(batches: Iterator[Any], load: TableLoad, width: int) -> Iterator[tuple[bytes, Any]]:
@@ -222,43 +191,52 @@ def _encoded(batches: Iterator[Any], load: TableLoad, width: int) -> Iterator[tu
         yield data, (load.key, load.rows)
 
 
-def _sequences_to_restore(cur, contents: Contents, plan: RestorePlan,
-                          tables: list[str] | None) -> list[tuple[str, str, int, bool]] | None:
-    """The recorded sequence states to set, or None when the file records none (a file in the seed's bare
-    format, whose metadata has no `sequences` field): then the restore derives them from the restored rows,
-    or the application's next INSERT into a serial or identity column would collide with a restored row."""
-    if "sequences" not in contents.metadata.model_fields_set:
-        return None
-    states = [(s.schema_name, s.name, s.last_value, s.is_called) for s in contents.metadata.sequences]
-    existing = ops.existing_sequences(cur)
-    missing = [f"{s}.{n}" for s, n, _, _ in states if (s, n) not in existing]
-    if tables:
-        # Only the sequences owned by the restored tables (serial and identity columns).
-        oids = [p.table.oid for p in plan.loads.values()]
-        cur.execute(
-            "SELECT n.nspname, c.relname FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE d.classid = 'pg_class'::regclass "
-            "AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') AND c.relkind = 'S' "
-            "AND d.refobjid = ANY(%s)", (oids,))
-        owned = set(cur.fetchall())
-        return [s for s in states if (s[0], s[1]) in owned]
-    if missing:
-        raise SchemaMismatchError("the database schema does not match the backup: sequence(s) missing: "
-                                  + ", ".join(missing[:20]))
-    return states
+def _dry_run(source: BackupSource, url: str, tables: list[str] | None, with_objects: bool,
+             options: EngineOptions, progress: ProgressFn | None, started: float) -> RestoreResult:
+    """Refuse what the restore would refuse before changing anything (tables, columns or sequences the database
+    lacks), list the materialized views it would refresh, and compute the full diff. Nothing is changed."""
+    with restore_transaction(url, options.lock_timeout_s) as tx:
+        plan = plan_restore(source.contents, tx.catalog, tables)
+        _sequence_states(tx, source, plan, tables)
+        views = tx.materialized_views(plan.targets) if options.refresh_views else []
+    diff = calculate_diff(source.path, database_url=url, detailed=True, progress=progress, tables=tables,
+                          options=options, source=source, large_objects=with_objects)
+    meta = source.contents.metadata
+    return RestoreResult(
+        success=True, dry_run=True, restored_tables=0, restored_rows=0,
+        message="Dry run: nothing was changed.", backup_name=source.path.name, backup_timestamp=meta.timestamp,
+        migration_version_before=diff.current_migration_version, migration_version_after=meta.migration_version,
+        diff=diff, duration_s=round(time.monotonic() - started, 3),
+        views_refreshed=[v.label for v in views if v.may_refresh],
+        views_not_refreshed=[v.label for v in views if not v.may_refresh],
+    )
 
 
-def _refuse_broken_references(cur, coverage) -> None:
-    broken = []
-    for fk, child_restored in coverage:
-        if not child_restored:
-            broken.append(f"{ops.relation_label(cur, fk.child_oid)} references "
-                          f"{ops.relation_label(cur, fk.parent_oid)} ({fk.name})")
-    if broken:
-        raise UsageError(
-            "restoring only these tables would break foreign keys: " + "; ".join(broken),
-            hint="Add the referencing tables with more --table options, or restore the whole backup.",
-        )
+def _result(source: BackupSource, tx: RestoreTransaction, plan: RestorePlan, restored: list[RestoredTable],
+            finished, diff, with_objects: bool, started: float) -> RestoreResult:
+    meta = source.contents.metadata
+    rows = sum(t.rows for t in restored)
+    written = finished.large_objects
+    return RestoreResult(
+        success=True, restored_tables=len(restored), restored_rows=rows,
+        message=f"Restore completed: {len(restored)} tables, {rows} rows"
+                + (f", {written.objects} large objects" if written and written.objects else ""),
+        backup_name=source.path.name, backup_timestamp=meta.timestamp,
+        migration_version_before=tx.migration_version,
+        migration_version_after=meta.migration_version if tx.migration_set else tx.migration_version,
+        truncated=[t.key for t in plan.targets], tables=restored, sequences_restored=finished.sequences_set,
+        triggers_mode="disabled user triggers during load" if tx.prepared.triggers else None,
+        diff=diff, duration_s=round(time.monotonic() - started, 3),
+        views_refreshed=finished.views_refreshed, views_not_refreshed=finished.views_not_refreshed,
+        large_objects=_objects_note(source, with_objects, finished), phase_s=finished.phase_s,
+    )
 
 
-__all__ = ["restore_backup", "BackupError", "sql"]
+def _objects_note(source: BackupSource, with_objects: bool, finished) -> dict[str, Any]:
+    written = finished.large_objects
+    if with_objects and written is not None:
+        return {"restored": written.objects, "bytes": written.bytes, "removed": finished.large_objects_removed,
+                "owners_missing": written.owners_missing}
+    reason = ("not asked for (--table restores tables only; add --large-objects)" if _knows_large_objects(source)
+              else "left as they are: the backup was made by a version that did not keep large objects")
+    return {"restored": 0, "skipped": reason}

@@ -9,10 +9,11 @@ from ..checksum import check_recorded, read_sidecar, sha256_file
 from ..errors import BackupError, IntegrityError
 from ..models import VerifyResult
 from ..progress import Progress, ProgressFn, Throttle
-from ..settings import get_settings
+from .options import EngineOptions
 
 
-def verify_backup(path: Path, *, progress: ProgressFn | None = None, require_checksum: bool = False) -> VerifyResult:
+def verify_backup(path: Path, *, progress: ProgressFn | None = None, require_checksum: bool = False,
+                  options: EngineOptions = EngineOptions()) -> VerifyResult:
     """Checksum (when recorded), gzip integrity, JSON shape, row widths and row counts. Raises on a bad file."""
     path = Path(path)
     report = Throttle(progress)
@@ -27,7 +28,7 @@ def verify_backup(path: Path, *, progress: ProgressFn | None = None, require_che
     def on_progress(reader, header, rows) -> None:
         report(Progress("verify", header.key, rows, None, reader.compressed_done, reader.compressed_size))
 
-    contents = scan(path, get_settings().BACKUP_MAX_LINE_BYTES, on_progress)
+    contents = scan(path, options.max_line_bytes, on_progress)
     report.flush()
     meta = contents.metadata
     return VerifyResult(

@@ -12,6 +12,8 @@ from .. import dsn
 from ..progress import ProgressFn
 from ..settings import get_settings
 from . import job
+from .options import database_url as _url
+from .options import engine_options
 
 
 def resolve_backup_file(file: str, *, allow_paths: bool = True) -> Path:
@@ -44,10 +46,6 @@ def resolve_backup_file(file: str, *, allow_paths: bool = True) -> Path:
     return path
 
 
-def _url(database_url: str | None) -> str:
-    return database_url or get_settings().database_url
-
-
 def _target(database_url: str | None) -> dict[str, str]:
     target = dsn.parse(_url(database_url))
     return {"target_database": target.name, "target_host": target.host}
@@ -56,7 +54,8 @@ def _target(database_url: str | None) -> dict[str, str]:
 @job("create")
 def create(*, progress: ProgressFn, output_dir: str | None = None, database_url: str | None = None,
            upload: bool = False) -> dict[str, Any]:
-    result = run_backup(Path(output_dir) if output_dir else None, database_url=database_url, progress=progress)
+    out = Path(output_dir) if output_dir else get_settings().BACKUP_DIR
+    result = run_backup(out, database_url=_url(database_url), progress=progress, options=engine_options())
     out = result.model_dump(mode="json")
     if upload:
         from .storage import upload as upload_job
@@ -69,27 +68,31 @@ def create(*, progress: ProgressFn, output_dir: str | None = None, database_url:
 def diff(*, progress: ProgressFn, file: str, database_url: str | None = None, detailed: bool = True,
          tables: list[str] | None = None, allow_paths: bool = True) -> dict[str, Any]:
     path = resolve_backup_file(file, allow_paths=allow_paths)
-    summary = calculate_diff(path, database_url=database_url, detailed=detailed, progress=progress, tables=tables)
+    summary = calculate_diff(path, database_url=_url(database_url), detailed=detailed, progress=progress,
+                             tables=tables, options=engine_options())
     return {**summary.model_dump(mode="json"), **_target(database_url), "file": str(path)}
 
 
 def restore_file(path: str, *, progress: ProgressFn, database_url: str | None = None, dry_run: bool = False,
-                 tables: list[str] | None = None, show_diff: bool = True) -> dict[str, Any]:
-    result = restore_backup(Path(path), show_diff=show_diff, database_url=database_url, dry_run=dry_run,
-                            tables=tables, progress=progress)
+                 tables: list[str] | None = None, show_diff: bool = True, refresh_views: bool = True,
+                 large_objects: bool | None = None) -> dict[str, Any]:
+    options = engine_options().with_(refresh_views=refresh_views)
+    result = restore_backup(Path(path), show_diff=show_diff, database_url=_url(database_url), dry_run=dry_run,
+                            tables=tables, progress=progress, options=options, large_objects=large_objects)
     return {**result.model_dump(mode="json"), **_target(database_url), "file": str(path)}
 
 
 @job("restore")
 def restore(*, progress: ProgressFn, file: str, database_url: str | None = None, dry_run: bool = False,
-            tables: list[str] | None = None, show_diff: bool = True, allow_paths: bool = True) -> dict[str, Any]:
+            tables: list[str] | None = None, show_diff: bool = True, allow_paths: bool = True,
+            refresh_views: bool = True, large_objects: bool | None = None) -> dict[str, Any]:
     path = resolve_backup_file(file, allow_paths=allow_paths)
     return restore_file(str(path), progress=progress, database_url=database_url, dry_run=dry_run, tables=tables,
-                        show_diff=show_diff)
+                        show_diff=show_diff, refresh_views=refresh_views, large_objects=large_objects)
 
 
 def verify_file(path: str, *, progress: ProgressFn) -> dict[str, Any]:
-    return verify_backup(Path(path), progress=progress).model_dump(mode="json")
+    return verify_backup(Path(path), progress=progress, options=engine_options()).model_dump(mode="json")
 
 
 @job("verify")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import psycopg2
 from psycopg2 import sql
 
+from ..tablekey import table_key
 from .catalog import ALEMBIC_TABLE, Catalog, ForeignKey, Table
 
 _ENABLE = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "R": "ENABLE REPLICA TRIGGER"}
@@ -75,19 +76,30 @@ def relation_label(cur, oid: int) -> str:
 
 def drop_foreign_keys(cur, fks: list[ForeignKey]) -> list[SavedForeignKey]:
     """Drop FKs for the load and return what re-adds them; re-adding validates every row, so a restore can
-    never commit rows that break a foreign key, whatever order the tables come in."""
+    never commit rows that break a foreign key, whatever order the tables come in. Two round trips in all."""
+    if not fks:
+        return []
+    cur.execute(
+        "SELECT f.oid, pg_get_constraintdef(f.oid), n.nspname, c.relname, f.child::regclass::text, "
+        "f.parent::regclass::text FROM unnest(%s::oid[], %s::oid[], %s::oid[]) AS f(oid, child, parent) "
+        "JOIN pg_class c ON c.oid = f.child JOIN pg_namespace n ON n.oid = c.relnamespace",
+        ([fk.oid for fk in fks], [fk.child_oid for fk in fks], [fk.parent_oid for fk in fks]),
+    )
+    found = {oid: rest for oid, *rest in cur.fetchall()}
     saved: list[SavedForeignKey] = []
     for fk in fks:
-        cur.execute(
-            "SELECT pg_get_constraintdef(%s), n.nspname, c.relname, %s::regclass::text, %s::regclass::text "
-            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
-            (fk.oid, fk.child_oid, fk.parent_oid, fk.child_oid),
-        )
-        definition, schema, rel, child_label, parent_label = cur.fetchone()
-        child = sql.Identifier(schema, rel)
-        cur.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(child, sql.Identifier(fk.name)))
-        saved.append(SavedForeignKey(child, fk.name, definition, parent_label, child_label))
+        definition, schema, rel, child_label, parent_label = found[fk.oid]
+        saved.append(SavedForeignKey(sql.Identifier(schema, rel), fk.name, definition, parent_label, child_label))
+    run_all(cur, [sql.SQL("ALTER TABLE {} DROP CONSTRAINT {}").format(f.child, sql.Identifier(f.name))
+                  for f in saved])
     return saved
+
+
+def run_all(cur, statements: list[sql.Composable], per_round_trip: int = 500) -> None:
+    """Several statements in one round trip each few hundred (a restore of a thousand small tables otherwise
+    waits on a thousand round trips for its triggers, keys and sequences)."""
+    for start in range(0, len(statements), per_round_trip):
+        cur.execute(sql.SQL("; ").join(statements[start:start + per_round_trip]))
 
 
 def drop_unvalidated_checks(cur, tables: list[Table]) -> list[SavedForeignKey]:
@@ -194,42 +206,38 @@ def drop_indexes_for_load(cur, tables: list[Table]) -> list[SavedIndex]:
 
 def rebuild_indexes(cur, saved: list[SavedIndex]) -> None:
     # In the order they were dropped: per table, its key constraints (PRIMARY KEY first), then its other indexes.
-    for index in saved:
-        if index.constraint:
-            cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(index.table, sql.Identifier(index.name))
-                        + sql.SQL(index.statement))
-        else:
-            cur.execute(index.statement)
+    run_all(cur, [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(i.table, sql.Identifier(i.name))
+                  + sql.SQL(i.statement) if i.constraint else sql.SQL(i.statement) for i in saved], 50)
 
 
 def add_foreign_keys(cur, saved: list[SavedForeignKey]) -> None:
-    for fk in saved:
-        cur.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(fk.child, sql.Identifier(fk.name))
-                    + sql.SQL(fk.definition))
+    run_all(cur, [sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} ").format(fk.child, sql.Identifier(fk.name))
+                  + sql.SQL(fk.definition) for fk in saved], 50)
 
 
 def disable_user_triggers(cur, catalog: Catalog, tables: list[Table]) -> list[tuple[Table, str, str]]:
     """Disable every enabled user trigger on the tables (they would rewrite restored rows or add audit rows)
     and return what to re-enable, each in its original mode."""
-    changed: list[tuple[Table, str, str]] = []
-    for table in tables:
-        for name, mode in catalog.triggers.get(table.oid, []):
-            if mode == "D":
-                continue
-            cur.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(table.ident, sql.Identifier(name)))
-            changed.append((table, name, mode))
+    changed = [(table, name, mode) for table in tables for name, mode in catalog.triggers.get(table.oid, [])
+               if mode != "D"]
+    run_all(cur, [sql.SQL("ALTER TABLE {} DISABLE TRIGGER {}").format(t.ident, sql.Identifier(name))
+                  for t, name, _ in changed])
     return changed
 
 
 def enable_triggers(cur, changed: list[tuple[Table, str, str]]) -> None:
-    for table, name, mode in changed:
-        cur.execute(sql.SQL("ALTER TABLE {} " + _ENABLE[mode] + " {}").format(table.ident, sql.Identifier(name)))
+    run_all(cur, [sql.SQL("ALTER TABLE {} " + _ENABLE[mode] + " {}").format(t.ident, sql.Identifier(name))
+                  for t, name, mode in changed])
 
 
-def truncate(cur, tables: list[Table]) -> None:
-    for start in range(0, len(tables), 500):
-        chunk = tables[start:start + 500]
+def empty_tables(cur, tables: list[Table]) -> None:
+    """TRUNCATE the tables (a few hundred per statement); an extension's configuration table loses only the rows
+    its filter selects (the others are the extension's own, which CREATE EXTENSION made and the backup left out)."""
+    plain = [t for t in tables if not t.filter]
+    for start in range(0, len(plain), 500):
+        chunk = plain[start:start + 500]
         cur.execute(sql.SQL("TRUNCATE ONLY {}").format(sql.SQL(", ").join(t.ident for t in chunk)))
+    run_all(cur, [sql.SQL("DELETE FROM ONLY {} {}").format(t.ident, sql.SQL(t.filter)) for t in tables if t.filter])
 
 
 def set_migration_version(cur, alembic: tuple[str, str] | None, version: str | None) -> bool:
@@ -244,9 +252,77 @@ def set_migration_version(cur, alembic: tuple[str, str] | None, version: str | N
 
 
 def set_sequences(cur, states: list[tuple[str, str, int, bool]]) -> None:
-    for schema, name, last_value, is_called in states:
-        cur.execute("SELECT pg_catalog.setval(%s::regclass, %s, %s)",
-                    (sql.Identifier(schema, name).as_string(cur), last_value, is_called))
+    """setval every sequence, in one statement."""
+    if not states:
+        return
+    cur.execute("SELECT count(pg_catalog.setval(s::regclass, v, c)) FROM unnest(%s::text[], %s::bigint[], "
+                "%s::bool[]) AS x(s, v, c)",
+                ([sql.Identifier(schema, name).as_string(cur) for schema, name, _, _ in states],
+                 [v for _, _, v, _ in states], [c for _, _, _, c in states]))
+
+
+def owned_sequences(cur, tables: list[Table]) -> set[tuple[str, str]]:
+    """(schema, name) of the sequences owned by the tables' columns (serial and identity columns)."""
+    cur.execute(
+        "SELECT n.nspname, c.relname FROM pg_depend d JOIN pg_class c ON c.oid = d.objid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE d.classid = 'pg_class'::regclass "
+        "AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i') AND c.relkind = 'S' "
+        "AND d.refobjid = ANY(%s)", ([t.oid for t in tables],))
+    return set(cur.fetchall())
+
+
+@dataclass(frozen=True)
+class MaterializedView:
+    schema: str
+    name: str
+    may_refresh: bool  # the restoring role owns it (REFRESH needs that)
+
+    @property
+    def label(self) -> str:
+        return table_key(self.schema, self.name)
+
+
+def dependent_materialized_views(cur, tables: list[Table], ancestors: dict[int, set[int]]) -> list[MaterializedView]:
+    """The populated materialized views that depend on the tables (or their partitioned ancestors), directly or
+    through views and other materialized views, in the order to refresh them: each after everything it reads."""
+    oids = {t.oid for t in tables}
+    for t in tables:
+        oids |= ancestors.get(t.oid, set())
+    if not oids:
+        return []
+    cur.execute(
+        """
+        WITH RECURSIVE deps(relid, depth) AS (
+            SELECT unnest(%s::oid[]), 0
+          UNION
+            SELECT r.ev_class, deps.depth + 1
+            FROM deps
+            JOIN pg_depend d ON d.refclassid = 'pg_class'::regclass AND d.refobjid = deps.relid
+                            AND d.classid = 'pg_rewrite'::regclass
+            JOIN pg_rewrite r ON r.oid = d.objid
+            WHERE r.ev_class <> deps.relid AND deps.depth < 64
+        )
+        SELECT n.nspname, c.relname, pg_has_role(c.relowner, 'USAGE'), max(deps.depth)
+        FROM deps JOIN pg_class c ON c.oid = deps.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.relkind = 'm' AND c.relispopulated
+        GROUP BY n.nspname, c.relname, c.relowner
+        ORDER BY max(deps.depth), 1, 2
+        """,
+        (list(oids),),
+    )
+    return [MaterializedView(schema, name, bool(owner)) for schema, name, owner, _ in cur.fetchall()]
+
+
+def refresh_materialized_views(cur, views: list[MaterializedView]) -> None:
+    for view in views:
+        cur.execute(sql.SQL("REFRESH MATERIALIZED VIEW {}").format(sql.Identifier(view.schema, view.name)))
+
+
+def check_deferred_constraints(cur) -> None:
+    """Check every deferred constraint now rather than at COMMIT, which comes after the (non-transactional)
+    sequences: a DEFERRABLE INITIALLY DEFERRED key on a table that kept its indexes failed only at COMMIT, and
+    the sequences had already moved."""
+    cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 def sync_owned_sequences(cur, tables: list[Table], ancestors: dict[int, set[int]]) -> int:

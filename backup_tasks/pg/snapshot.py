@@ -1,22 +1,30 @@
-"""Reading table rows inside one consistent snapshot, with a prefetch thread.
+"""Reading table rows inside one consistent snapshot, with a prefetch thread, in batches bounded by bytes.
 
 The prefetch thread keeps libpq receiving the next batch (psycopg2 releases the GIL while it waits) while the
-caller serialises and compresses the current one.
+caller serialises and compresses the current one. A batch is a number of rows chosen so that it holds about
+`batch_bytes` (BatchSizer): narrow tables are fetched 2,000 rows at a time as before, a table of multi-MB rows a
+row at a time, so memory follows the bytes in flight whatever the rows are like.
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import psycopg2
 from psycopg2 import sql
 
 from ..errors import DatabaseError
-from .catalog import Table
+from .catalog import (Catalog, NotIncluded, Sequence, Table, read_catalog, read_migration_version,
+                      read_not_included, read_sequence_states, unreadable_tables)
 from .connection import pg_error_message, privilege_hint
 from .handoff import Handoff
+from .largeobjects import LargeObject, list_large_objects
 
-ITERSIZE = 2000  # measured: 2,000 keeps peak RSS at tens of MB; 50,000 raised it to ~350 MB
+MAX_ROWS = 2000  # measured: 2,000 narrow rows a fetch keep peak RSS at tens of MB; 50,000 raised it to ~350 MB
+IN_FLIGHT = 4  # batches queued between the fetching thread and the consumer
 
 
 def begin_snapshot(conn, lock_timeout_s: float) -> None:
@@ -24,6 +32,12 @@ def begin_snapshot(conn, lock_timeout_s: float) -> None:
     conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
     with conn.cursor() as cur:
         cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{int(lock_timeout_s * 1000)}ms",))
+
+
+def export_snapshot(cur) -> str:
+    """The transaction's snapshot id, for other sessions to read exactly what this one reads."""
+    cur.execute("SELECT pg_export_snapshot()")
+    return cur.fetchone()[0]
 
 
 def lock_tables(cur, tables: list[Table]) -> None:
@@ -40,7 +54,8 @@ BOOL_OID = 16
 def select_rows(table: Table, columns: list[str] | None = None, *, bool_as_text: bool = False) -> sql.Composable:
     """The backup's SELECT: native types as they are, every other type as its text output. `columns` picks
     the order (a diff reads the database in the backup's column order). bool_as_text: booleans as `true`/`false`,
-    as the backup's JSON spells them (COPY TO would write t/f)."""
+    as the backup's JSON spells them (COPY TO would write t/f). An extension's configuration table is read through
+    its extension's filter (only the rows it selects are user data)."""
     by_name = {c.name: c for c in table.columns}
     chosen = table.data_columns if columns is None else [by_name[n] for n in columns]
     cols = sql.SQL(", ").join(
@@ -48,31 +63,67 @@ def select_rows(table: Table, columns: list[str] | None = None, *, bool_as_text:
         else sql.SQL("{}::text").format(sql.Identifier(c.name))
         for c in chosen
     )
-    return sql.SQL("SELECT {} FROM ONLY {}").format(cols, table.ident)
+    query = sql.SQL("SELECT {} FROM ONLY {}").format(cols, table.ident)
+    if table.filter:
+        query = sql.SQL("{} {}").format(query, sql.SQL(table.filter))  # the extension's own "WHERE …" text
+    return query
+
+
+class BatchSizer:
+    """How many rows the next fetch of a table asks for, so that a batch holds about `budget` bytes.
+
+    A table's first fetch is a single row, measured here (its values' lengths): multi-MB rows are then fetched a
+    row at a time from the start, narrow ones up to MAX_ROWS at a time (one extra round trip a table). After that
+    the consumer reports each batch's exact size as it serialises it (observe), and the next fetches follow the
+    widths seen. Memory is then about IN_FLIGHT batches of `budget`, or of one row when a row is wider; a table
+    whose rows turn much wider after many narrow ones can hold MAX_ROWS of the wide ones in its next fetch, once."""
+
+    def __init__(self, budget: int):
+        self.budget = max(budget, 1)
+        self._lock = threading.Lock()
+        self._rows = 1
+        self._measured = False
+
+    def next(self) -> int:
+        with self._lock:
+            return self._rows
+
+    def first(self, rows: list[tuple]) -> None:
+        """The fetching thread's own measure of the first row(s), before the consumer has said anything."""
+        if self._measured or not rows:
+            return
+        width = sum(len(v) if isinstance(v, (str, bytes, memoryview)) else 8 for v in rows[0]) + 8
+        self.observe(1, width)
+
+    def observe(self, rows: int, nbytes: int) -> None:
+        if rows <= 0:
+            return
+        with self._lock:
+            self._measured = True
+            self._rows = max(1, min(MAX_ROWS, int(self.budget * rows / max(nbytes, 1))))
 
 
 _END = object()
 
 
-def iter_table_batches(conn, tables: list[Table], itersize: int = ITERSIZE,
-                       columns: list[list[str]] | None = None) -> Iterator[tuple[int, Any]]:
-    """Yield (table index, batch of row tuples) for every table in order, then (index, _END) after each table."""
-    batches = Handoff(maxsize=4)
+def iter_table_batches(conn, tables: list[Table], budget: int,
+                       columns: list[list[str]] | None = None) -> Iterator[tuple[int, Any, BatchSizer]]:
+    """Yield (table index, batch of row tuples, sizer) for every table in order, then (index, END, sizer) after
+    each table. The caller reports each batch's serialised size to `sizer.observe`."""
+    batches = Handoff(maxsize=IN_FLIGHT)
     put = batches.put
 
     def produce() -> None:
         try:
             for i, table in enumerate(tables):
+                sizer = BatchSizer(budget)
                 with conn.cursor(name=f"backup_tasks_{i}") as cur:
-                    cur.itersize = itersize
                     cur.execute(select_rows(table, columns[i] if columns else None))
-                    while True:
-                        rows = cur.fetchmany(itersize)
-                        if not rows:
-                            break
-                        if not put((i, rows)):
+                    while rows := cur.fetchmany(sizer.next()):
+                        sizer.first(rows)
+                        if not put((i, rows, sizer)):
                             return
-                if not put((i, _END)):
+                if not put((i, _END, sizer)):
                     return
             put(None)
         except BaseException as exc:  # handed to the consumer, which raises it in its own thread
@@ -85,16 +136,59 @@ def iter_table_batches(conn, tables: list[Table], itersize: int = ITERSIZE,
             if item is None:
                 return
             if isinstance(item, BaseException):
-                if isinstance(item, psycopg2.Error):
-                    # privilege_hint: the default hint ("check DATABASE_URL…") misleads when the role may not read
-                    # every row. (With row_security=off PostgreSQL refuses rather than silently returning a
-                    # filtered, incomplete table, as for pg_dump.)
-                    raise DatabaseError(f"reading rows failed: {pg_error_message(item)}",
-                                        hint=privilege_hint(item)) from None
-                raise item
+                raise _reading_error(item) from None
             yield item
     finally:
         batches.close()
 
 
+def _reading_error(exc: BaseException) -> BaseException:
+    if isinstance(exc, psycopg2.Error):
+        # privilege_hint: the default hint ("check DATABASE_URL…") misleads when the role may not read every row.
+        return DatabaseError(f"reading rows failed: {pg_error_message(exc)}", hint=privilege_hint(exc))
+    return exc
+
+
 END = _END
+
+
+@dataclass
+class SnapshotInfo:
+    """What a backup's snapshot holds besides the rows: read first, in the snapshot, before any row."""
+
+    taken_at: datetime
+    database: str
+    server_version: str
+    catalog: Catalog
+    migration_version: str | None
+    sequences: list[tuple[Sequence, int, bool]]
+    large_objects: list[LargeObject]
+    not_included: list[NotIncluded]
+
+
+def open_backup_snapshot(conn, lock_timeout_s: float) -> SnapshotInfo:
+    """Start the backup's transaction and read what it holds: tables (refusing at once, naming them all, when
+    some cannot be read completely), their locks, the migration version, sequences and large objects."""
+    try:
+        begin_snapshot(conn, lock_timeout_s)
+        cur = conn.cursor()
+        cur.execute("SELECT now(), current_database(), current_setting('server_version')")  # the snapshot is here
+        taken_at, database, version = cur.fetchone()
+        catalog = read_catalog(cur)
+        unreadable = unreadable_tables(cur, catalog.tables)
+        if not unreadable:
+            lock_tables(cur, catalog.tables)
+            info = SnapshotInfo(taken_at.astimezone(timezone.utc), database, version, catalog,
+                                read_migration_version(cur, catalog.alembic),
+                                read_sequence_states(cur, catalog.sequences), list_large_objects(cur),
+                                read_not_included(cur))
+    except psycopg2.Error as exc:
+        raise DatabaseError(f"cannot start the backup: {pg_error_message(exc)}", hint=privilege_hint(exc)) from None
+    if unreadable:
+        raise DatabaseError(
+            f"cannot back up all of {database}: this role cannot read {len(unreadable)} table"
+            f"{'s' if len(unreadable) != 1 else ''}: {', '.join(unreadable[:20])}"
+            + (f" and {len(unreadable) - 20} more" if len(unreadable) > 20 else ""),
+            hint="Grant SELECT on them (and BYPASSRLS where row security applies), or back up as their owner or a "
+                 "superuser: a backup never leaves a table out.")
+    return info

@@ -25,6 +25,7 @@ from typing import Callable
 import pytest
 
 from backup_tasks.core import restore_backup
+from backup_tasks.models import FORMAT_VERSION
 from tests.conftest import query
 from tests.oracle import assert_same, snapshot
 
@@ -136,7 +137,8 @@ CASES: dict[str, tuple[Callable[[str, bytes], bytes], dict[str, int]]] = {
     "value-nested-list": (lambda t, raw: edit(t, '[3,"log 3",3]', '[3,"log 3",[1,2]]'), FILE),
     "value-object-generic": (lambda t, raw: generic(t, lambda d: set_value(d, "items", 0, "meta", {"k": 1})), FILE),
     # -- format version --
-    "newer-format-layout": (lambda t, raw: edit(t, '"format_version":1', '"format_version":2'), FILE),
+    "newer-format-layout": (lambda t, raw: edit(t, '"format_version":1', f'"format_version":{FORMAT_VERSION + 1}'),
+                            FILE),
     "newer-format-generic": (lambda t, raw: generic(t, lambda d: d["metadata"].update(format_version=99)), FILE),
     # -- names the database lacks, and names that carry SQL --
     "sql-table-name-layout": (lambda t, raw: layout(t, lambda d: rename_table(d, "logs", SQL)), SCHEMA),

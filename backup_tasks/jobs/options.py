@@ -1,0 +1,22 @@
+"""The engine's options, built from the settings: the edge where configuration becomes arguments."""
+
+from __future__ import annotations
+
+from ..core.options import EngineOptions
+from ..settings import Settings, get_settings
+
+
+def engine_options(settings: Settings | None = None) -> EngineOptions:
+    s = settings or get_settings()
+    return EngineOptions(
+        lock_timeout_s=s.BACKUP_LOCK_TIMEOUT_S,
+        max_line_bytes=s.BACKUP_MAX_LINE_BYTES,
+        compress_level=s.BACKUP_COMPRESSION_LEVEL,
+        rebuild_indexes_min_rows=s.BACKUP_REBUILD_INDEXES_MIN_ROWS,
+        batch_bytes=s.BACKUP_BATCH_BYTES,
+    )
+
+
+def database_url(explicit: str | None = None) -> str:
+    """The database a job works on: the one it was given, else DATABASE_URL."""
+    return explicit or get_settings().database_url
