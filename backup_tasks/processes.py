@@ -20,28 +20,28 @@ APP = "backup_tasks.celery_app"
 DEFAULT_CONCURRENCY = "2"
 
 
-def _worker_defaults() -> list[str]:
+def _worker_args() -> list[str]:
     # Task events (-E) for Flower and `backupctl status`; INFO logs; a node name that the compose healthcheck
     # addresses (celery@<hostname>). WORKER_CONCURRENCY is read at start, not import (the test harness sets it
-    # per worker); empty counts as unset, as `${WORKER_CONCURRENCY:-2}` did in ./worker.
+    # per worker); empty counts as unset, like the shell's `${WORKER_CONCURRENCY:-2}` that ./worker used.
     concurrency = os.environ.get("WORKER_CONCURRENCY") or DEFAULT_CONCURRENCY
     return ["worker", "-E", "--loglevel=INFO", f"--concurrency={concurrency}", "-n", "celery@%h"]
 
 
-def _beat_defaults() -> list[str]:
+def _beat_args() -> list[str]:
     # INFO, so Beat logs the schedule it built from BACKUP_CRON (BackupScheduler) and each job it sends.
     return ["beat", "--loglevel=INFO"]
 
 
-def _flower_defaults() -> list[str]:
+def _flower_args() -> list[str]:
     # Address, port and basic auth come from FLOWER_* (celery_app exports the settings' values for Flower).
     return ["flower"]
 
 
 DEFAULTS: dict[str, Callable[[], list[str]]] = {
-    "worker": _worker_defaults,
-    "beat": _beat_defaults,
-    "flower": _flower_defaults,
+    "worker": _worker_args,
+    "beat": _beat_args,
+    "flower": _flower_args,
 }
 
 
