@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import tomllib
 import urllib.request
 import uuid
 import zipfile
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from celery import Celery
+from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 import backup_tasks
@@ -138,6 +140,20 @@ def test_entry_points_are_celery_with_the_defaults_of_worker_and_make_beat(monke
     assert processes.celery_argv("beat") == ["celery", "-A", "backup_tasks.celery_app", "beat", "--loglevel=INFO"]
     assert processes.celery_argv("flower", ["--port=1"]) == ["celery", "-A", "backup_tasks.celery_app", "flower",
                                                               "--port=1"]
+
+
+def test_the_lock_satisfies_every_requirement_of_pyproject():
+    """A dependency added to pyproject.toml without `make lock` would be installed unpinned (constraints pin
+    only what they list), and a narrowed range would make pip refuse the lock."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    pins = lock_pins()
+    for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]:
+        req = Requirement(text)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} is required by pyproject.toml but not in requirements.lock: make lock"
+        assert all(req.specifier.contains(v, prereleases=True) for v in pins[name]), (
+            f"requirements.lock pins {req.name} {sorted(pins[name])}, outside {text!r}: make lock")
+    assert "backup-tasks" not in pins, "the lock pins the project itself; pip could not install a new version"
 
 
 def test_beat_without_beat_schedule_stops_with_a_config_error(monkeypatch, tmp_path, capsys):
