@@ -41,7 +41,7 @@ from backup_tasks.errors import ConfigError
 from tests.celery_worker import REDIS_HOST, REDIS_PORT, SCRUBBED, free_port, redis_db, wait_for  # noqa: F401
 from tests.conftest import run_sql
 
-# Tests that use the installed environment (built once per module, about 30 s).
+# The tests that use the installed environment (built once per module: about 30 s with pip's cache).
 slow = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,14 +52,15 @@ ENTRY_POINTS = {"backupctl": "backup_tasks.cli:main", "backup-tasks-worker": "ba
 # them out of the image's build context): a stale build/ would put old files into the wheel, the rest is large.
 NOT_SOURCE = {".git", ".venv", "build", "dist", ".pytest_cache", "backups", ".bench", ".demo", "bench", ".env"}
 
+# Installed into every virtual environment by venv itself, not by the wheel's requirements.
+VENV_OWN = {"pip", "setuptools", "wheel"}
+CRON, TZ = "17 3 * * 1", "Europe/Berlin"
+
 
 def not_source(folder: str, names: list[str]) -> set[str]:
     top = Path(folder).resolve() == ROOT
     return {n for n in names if (top and (n in NOT_SOURCE or n.endswith(".egg-info")))
             or n == "__pycache__" or n.endswith(".pyc")}
-# Installed into every virtual environment by venv itself, not by the wheel's requirements.
-VENV_OWN = {"pip", "setuptools", "wheel"}
-CRON, TZ = "17 3 * * 1", "Europe/Berlin"
 
 
 @dataclass
