@@ -5,8 +5,11 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 BACKUPCTL := $(VENV)/bin/backupctl
-CELERY := $(VENV)/bin/celery
 STAMP := $(VENV)/.installed-stamp
+# Exact versions of the whole dependency tree (runtime and test extras), generated from pyproject.toml's ranges
+# by `make lock` (uv pip compile; UPGRADE=1 moves every pin to the newest release the ranges allow).
+LOCK := requirements.lock
+UV_VERSION := 0.13.8
 # LOCAL=1 runs the job in this process instead of on a Celery worker; YES=1 skips restore confirmation.
 CTL_FLAGS := $(if $(filter 1 yes true,$(LOCAL)),--local,)
 YES_FLAG := $(if $(filter 1 yes true,$(YES)),--yes,)
@@ -15,20 +18,29 @@ define need_file
 @if [ -z "$(FILE)" ]; then echo "usage: make $@ FILE=backup_YYYYMMDD_HHMMSS.backup.gz (a name in BACKUP_DIR or a path)" >&2; exit 2; fi
 endef
 
-.PHONY: help install services test test-adversarial bench lint demo worker beat flower up down clean
+.PHONY: help install lock services test test-adversarial bench lint demo worker beat flower up down clean
 
 help:
-	@echo "make demo | test | bench | lint | worker | beat | flower | up | down"
+	@echo "make demo | test | bench | lint | install | lock [UPGRADE=1] | worker | beat | flower | up | down"
 	@echo "make db:backup:oneshot | db:backup:list | db:backup:diff FILE=… | db:backup:restore FILE=… | db:backup:restore:dry-run FILE=…"
 	@echo "make db:backup:upload FILE=… | db:backup:download FILE=… | db:backup:list:remote | db:backup:restore:s3 FILE=… | db:backup:restore:s3:dry-run FILE=…"
 
-$(STAMP): pyproject.toml
+# Reinstalled when pyproject.toml or the lock changes; the lock is a constraint, so pip installs exactly its pins.
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e ".[test]"
+	$(VENV)/bin/pip install -q --constraint $(LOCK) -e ".[test]"
 	@touch $(STAMP)
 
 install: $(STAMP)
+
+# uv is a tool of this target only (installed into .venv on first use), not a dependency of the package.
+# --universal: one lock for every platform and Python >= 3.11 (markers where they differ), not only this machine.
+lock:
+	@test -x $(VENV)/bin/uv || { $(PYTHON) -m venv $(VENV) && $(VENV)/bin/pip install -q "uv==$(UV_VERSION)"; }
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 --quiet \
+		--custom-compile-command "make lock" \
+		$(if $(filter 1 yes true,$(UPGRADE)),--upgrade,) --output-file $(LOCK)
 
 services:
 	@scripts/ensure-services.sh
@@ -49,14 +61,15 @@ lint: install
 demo: install services
 	@scripts/demo.sh
 
+# The entry points of backup_tasks/processes.py, as installed from the wheel; extra Celery options: ARGS="…".
 worker: install
-	./worker
+	./worker $(ARGS)
 
 beat: install
-	$(CELERY) -A backup_tasks.celery_app beat --loglevel=INFO
+	$(VENV)/bin/backup-tasks-beat $(ARGS)
 
 flower: install
-	$(CELERY) -A backup_tasks.celery_app flower
+	$(VENV)/bin/backup-tasks-flower $(ARGS)
 
 up:
 	docker compose up -d --build

@@ -8,8 +8,8 @@ scheduled_backup task claims in Redis so two Beats or a redelivery never make tw
 Retention is not a separate entry: the scheduled job is create -> upload (when S3 is configured) -> cleanup,
 and cleanup applies BACKUP_RETENTION_* / BACKUP_KEEP_* as the worker's settings say.
 
-Lives in the repository root (next to `./worker`) because `celery -A backup_tasks.celery_app beat` is run
-from there; backup_tasks.celery_app loads it by path when it is not importable.
+Lives in the repository root, where the design puts it, and is installed as a top-level module beside the
+package (pyproject.toml's py-modules): backup_tasks.celery_app imports it in a checkout and from a wheel alike.
 """
 
 from __future__ import annotations

@@ -19,7 +19,6 @@ Acknowledgement (the choice that decides what a crash does):
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import sys
@@ -100,24 +99,16 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 
 
 def load_beat_schedule_module() -> ModuleType:
-    """beat_schedule.py from the repository root: importable from the working directory (`celery` is run
-    there, the Docker image's WORKDIR), else found next to the package in a source checkout."""
+    """beat_schedule, the top-level module the wheel installs beside the package (pyproject's py-modules)."""
     try:
         import beat_schedule  # type: ignore[import-not-found]
-
-        return beat_schedule
-    except ImportError:
-        pass
-    for folder in (Path.cwd(), Path(__file__).resolve().parent.parent):
-        path = folder / "beat_schedule.py"
-        if path.is_file():
-            spec = importlib.util.spec_from_file_location("beat_schedule", path)
-            assert spec and spec.loader
-            module = importlib.util.module_from_spec(spec)
-            sys.modules["beat_schedule"] = module
-            spec.loader.exec_module(module)
-            return module
-    raise ConfigError("beat_schedule.py not found", hint="Run Celery from the repository root (or /app in the image).")
+    except ModuleNotFoundError as exc:
+        if exc.name != "beat_schedule":  # beat_schedule itself failed to import something: show that error
+            raise
+        raise ConfigError("the module beat_schedule is not installed",
+                          hint="Install the backup_tasks package (pip install . or its wheel; `make install` in "
+                               "a checkout): it carries beat_schedule.py.") from None
+    return beat_schedule
 
 
 class BackupScheduler(PersistentScheduler):

@@ -14,7 +14,7 @@ from backup_tasks.celery_app import load_beat_schedule_module
 from backup_tasks.cli.dispatch import follow, outcome
 from backup_tasks.names import parse_name
 from tests.celery_worker import *  # noqa: F401,F403
-from tests.celery_worker import CELERY, ROOT, Worker, wait_for
+from tests.celery_worker import ROOT, VENV_BIN, Worker, wait_for
 from tests.conftest import run_sql
 
 pytestmark = pytest.mark.celery
@@ -86,8 +86,8 @@ def test_two_beats_with_a_one_minute_cron_make_one_backup_at_the_scheduled_minut
         for i in range(2):
             log = open(tmp_path / f"beat{i}.log", "wb")
             beats.append((subprocess.Popen(
-                [CELERY, "-A", "backup_tasks.celery_app", "beat", "--loglevel=INFO",
-                 "--schedule", str(tmp_path / f"beat{i}-schedule")],
+                # The entry point that `make beat` and the image run (backup_tasks/processes.py).
+                [str(VENV_BIN / "backup-tasks-beat"), "--schedule", str(tmp_path / f"beat{i}-schedule")],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
         started = datetime.now(timezone.utc)
         wait_for(lambda: worker.output().count("Task backup_tasks.scheduled_backup[") >= 4, 80, interval=0.5,

@@ -33,6 +33,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
 PYPROJECT = ROOT / "pyproject.toml"
+LOCK_FILE = ROOT / "requirements.lock"
 
 if str(ROOT) not in sys.path:  # the package may not be installed in the venv that runs the tests
     sys.path.insert(0, str(ROOT))
@@ -275,6 +276,19 @@ def celery_subcommand(argv: list[str]) -> str | None:
     return None
 
 
+def celery_command(argv: list[str]) -> list[str]:
+    """The command line an argv amounts to: one of our process entry points (backup_tasks/processes.py, e.g.
+    `backup-tasks-beat --schedule f`) becomes the `celery …` command it runs, defaults included; anything else
+    is returned as it is."""
+    target = load_pyproject()["project"].get("scripts", {}).get(argv[0], "")
+    module, _, func = target.partition(":")
+    if module != "backup_tasks.processes":
+        return argv
+    from backup_tasks import processes
+
+    return processes.celery_argv(func, argv[1:])
+
+
 def dependency_names(pyproject: dict[str, Any]) -> set[str]:
     names = set()
     for req in pyproject["project"].get("dependencies", []):
@@ -496,7 +510,7 @@ def test_beat_runs_exactly_one_replica() -> None:
     replicas = (beat.get("deploy") or {}).get("replicas", 1)
     assert int(replicas) == 1, f"beat has {replicas} replicas: two Beats send every scheduled job twice"
     assert int(beat.get("scale", 1)) == 1, "beat must not be scaled"
-    argv = argvs(beat["command"])[0]
+    argv = celery_command(argvs(beat["command"])[0])
     assert argv[0] == "celery" and celery_subcommand(argv) == "beat"
     # The schedule file must be somewhere the non-root user can write.
     assert "--schedule" in argv and argv[argv.index("--schedule") + 1].startswith("/tmp/")
@@ -529,7 +543,7 @@ def test_flower_requires_basic_auth() -> None:
 
 def test_flower_listens_on_all_container_interfaces_but_is_published_on_loopback_only() -> None:
     flower = resolved_services()["flower"]
-    argv = argvs(flower["command"])[0]
+    argv = celery_command(argvs(flower["command"])[0])
     assert argv[0] == "celery" and celery_subcommand(argv) == "flower"
     assert "--address=0.0.0.0" in argv and "--port=5555" in argv
     ports = published_ports(flower)
@@ -587,10 +601,9 @@ def test_every_command_the_compose_file_runs_is_known() -> None:
 
 
 def test_repository_scripts_that_compose_runs_exist_and_are_executable() -> None:
-    """`./worker` (issue 4) must exist in the repository root, be executable and start with a shebang."""
+    """A `./script` that a service runs must exist in the repository root, be executable and start with a shebang."""
     scripts = {argv[0] for svc in resolved_services().values() if "build" in svc
                for _, argv in service_argvs(svc) if argv[0].startswith("./")}
-    assert "./worker" in scripts, "the worker service must run ./worker"
     for prog in sorted(scripts):
         path = ROOT / prog
         assert path.is_file(), f"{prog} does not exist in the repository root"
@@ -598,9 +611,34 @@ def test_repository_scripts_that_compose_runs_exist_and_are_executable() -> None
         assert path.read_bytes().startswith(b"#!"), f"{prog} has no shebang line"
 
 
+def test_app_services_and_the_image_run_the_process_entry_points() -> None:
+    """worker, beat and flower run the installed entry points (issue 20), not a checkout's script or a hand-made
+    `celery` line, so the image and `make worker|beat|flower` share one set of defaults."""
+    scripts = load_pyproject()["project"].get("scripts", {})
+    for name in sorted(APP_SERVICES):
+        argv = argvs(resolved_services()[name]["command"])[0]
+        assert argv[0] == f"backup-tasks-{name}", f"{name} runs {argv[0]!r}, not backup-tasks-{name}"
+        assert scripts.get(argv[0]) == f"backup_tasks.processes:{name}", f"{argv[0]} is not declared in pyproject.toml"
+        assert celery_subcommand(celery_command(argv)) == name
+    cmds = [a for i, a in dockerfile_instructions() if i == "CMD"]
+    assert cmds and json.loads(cmds[-1]) == ["backup-tasks-worker"], f"the image's CMD is {cmds[-1:]}"
+
+
+def test_worker_script_of_a_checkout_runs_the_worker_entry_point() -> None:
+    """./worker stays for checkouts (and the Celery test harness): executable, and nothing but the entry point."""
+    path = ROOT / "worker"
+    assert path.is_file() and os.access(path, os.X_OK) and path.read_bytes().startswith(b"#!")
+    execs = re.findall(r"^\s*exec\s+(\S+)(.*)$", path.read_text(encoding="utf-8"), re.M)
+    assert execs, "./worker must exec the worker entry point"
+    for prog, rest in execs:
+        assert prog.rsplit("/", 1)[-1] == "backup-tasks-worker", f"./worker runs {prog}"
+        assert rest.strip() == '"$@"', f"./worker must pass its arguments through unchanged, not {rest.strip()!r}"
+
+
 def test_celery_app_module_exists_and_holds_a_celery_app() -> None:
     modules = {m for svc in resolved_services().values() if "build" in svc
-               for _, argv in service_argvs(svc) if argv[0] == "celery" for m in celery_app_modules(argv)}
+               for _, argv in service_argvs(svc) if celery_command(argv)[0] == "celery"
+               for m in celery_app_modules(celery_command(argv))}
     assert modules == {"backup_tasks.celery_app"}, modules
     module = "backup_tasks.celery_app"
     rel = Path(*module.split("."))
@@ -614,17 +652,18 @@ def test_celery_app_module_exists_and_holds_a_celery_app() -> None:
     assert found, f"{module} defines no Celery app, so `celery -A {module}` would fail"
 
 
-def test_backupctl_is_a_console_script() -> None:
+@pytest.mark.parametrize("script", ["backupctl", "backup-tasks-worker", "backup-tasks-beat", "backup-tasks-flower"])
+def test_console_scripts_exist(script: str) -> None:
     scripts = load_pyproject()["project"].get("scripts", {})
-    assert "backupctl" in scripts, "pyproject.toml [project.scripts] must declare backupctl"
-    target = scripts["backupctl"]
+    assert script in scripts, f"pyproject.toml [project.scripts] must declare {script}"
+    target = scripts[script]
     module, _, func = target.partition(":")
-    assert module and func, f"backupctl = {target!r} is not module:function"
+    assert module and func, f"{script} = {target!r} is not module:function"
     rel = Path(*module.split("."))
     path = (ROOT / rel).with_suffix(".py")
     if not path.is_file():
         path = ROOT / rel / "__init__.py"
-    assert path.is_file(), f"{module} (backupctl's module) does not exist"
+    assert path.is_file(), f"{module} ({script}'s module) does not exist"
     tree = ast.parse(path.read_text(encoding="utf-8"))
     defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
     defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
@@ -636,13 +675,14 @@ def test_worker_healthcheck_pings_the_workers_own_node_name() -> None:
     assert hc[0] == "celery" and celery_subcommand(hc) == "inspect" and "ping" in hc
     dest = next((hc[i + 1] for i, t in enumerate(hc) if t in {"-d", "--destination"}), None)
     assert dest == "celery@$HOSTNAME", f"the worker healthcheck must ping its own node, not {dest!r}"
-    worker = ROOT / "worker"
-    if not worker.is_file():
-        pytest.skip("./worker does not exist yet; its node name cannot be compared (the executable test fails)")
-    m = re.search(r"(?:^|\s)(?:-n|--hostname)[=\s]+['\"]?([^\s'\"]+)", worker.read_text(encoding="utf-8"))
-    node = m.group(1) if m else "celery@%h"
-    assert node in {"celery@%h", "celery@$HOSTNAME", "celery@${HOSTNAME}"}, (
-        f"./worker names its node {node!r}; the compose healthcheck pings celery@$HOSTNAME"
+    # The node name the worker service really gets: its entry point's defaults, then its own arguments
+    # (the last -n wins, as Click keeps the last value).
+    argv = celery_command(argvs(resolved_services()["worker"]["command"])[0])
+    names = [argv[i + 1] for i, t in enumerate(argv[:-1]) if t in {"-n", "--hostname"}]
+    names += [t.split("=", 1)[1] for t in argv if t.startswith(("-n=", "--hostname="))]
+    assert names, f"the worker service runs {argv} without a node name"
+    assert names[-1] in {"celery@%h", "celery@$HOSTNAME", "celery@${HOSTNAME}"}, (
+        f"the worker names its node {names[-1]!r}; the compose healthcheck pings celery@$HOSTNAME"
     )
 
 
@@ -719,9 +759,19 @@ def test_dockerfile_base_user_and_install() -> None:
     users = [a for i, a in instr if i == "USER"]
     assert users, "the image must not run as root"
     assert users[-1].split(":")[0] not in {"root", "0"}, f"final USER is {users[-1]}"
-    runs = " ".join(a for i, a in instr if i == "RUN")
-    assert re.search(r"pip install (--[\w-]+ )*\.(\s|$)", runs), "the image must `pip install .`"
     assert any(i == "COPY" and copy_sources(a)[0] == ["."] for i, a in instr), "the image must COPY the repository"
+    # The image runs the wheel (issue 20): a stage builds it from the repository, the final stage installs it
+    # with the lock as constraints, so the image gets the versions CI tested and nothing of the checkout.
+    runs = " ".join(a for i, a in instr if i == "RUN")
+    assert re.search(r"pip wheel (--?[\w-]+(?:[ =][^\s-]\S*)? )*\.(\s|$)", runs), "the image must build the wheel"
+    final = instr[max(n for n, (i, _) in enumerate(instr) if i == "FROM"):]
+    lock_dest = [copy_dest for i, a in final if i == "COPY" and not copy_sources(a)[1]
+                 and copy_sources(a)[0] == [LOCK_FILE.name] for copy_dest in [shlex.split(a)[-1]]]
+    assert lock_dest, f"the final stage must COPY {LOCK_FILE.name}"
+    final_runs = " ".join(a for i, a in final if i == "RUN")
+    m = re.search(r"pip install (?:--constraint[ =]|-c ?)(\S+) (?:--?[\w-]+ )*(\S+\.whl)", final_runs)
+    assert m, "the final stage must `pip install --constraint <lock> <wheel>`"
+    assert m.group(1) == lock_dest[0], f"pip's constraint {m.group(1)} is not the copied lock {lock_dest[0]}"
 
 
 def test_dockerfile_copy_sources_exist_and_are_not_dockerignored() -> None:
@@ -740,9 +790,13 @@ def test_dockerfile_copy_sources_exist_and_are_not_dockerignored() -> None:
 
 
 def test_pip_install_inputs_are_in_the_build_context() -> None:
-    """What `pip install .` and the image's CMD need from the context: pyproject, its readme, the package, ./worker."""
-    project = load_pyproject()["project"]
-    needed = ["pyproject.toml", "backup_tasks/__init__.py", "worker"]
+    """What the image's wheel build and install need from the context: pyproject, its readme, the package, the
+    top-level modules (beat_schedule.py) and the lock."""
+    pyproject = load_pyproject()
+    project = pyproject["project"]
+    modules = pyproject.get("tool", {}).get("setuptools", {}).get("py-modules", [])
+    assert "beat_schedule" in modules, "pyproject.toml must install beat_schedule.py (tool.setuptools.py-modules)"
+    needed = ["pyproject.toml", "backup_tasks/__init__.py", LOCK_FILE.name, *(f"{m}.py" for m in modules)]
     readme = project.get("readme")
     if isinstance(readme, str):
         needed.append(readme)

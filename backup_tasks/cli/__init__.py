@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import click
 
+from .. import __version__
 from .errors import run_main
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="backup_tasks")
+# __version__ itself, not the installed metadata: an editable install's metadata keeps the version it was
+# installed with, while the backup metadata's tool_version (core/backup.py) reads __version__.
+@click.version_option(version=__version__, prog_name="backupctl")
 def cli() -> None:
     """PostgreSQL backup and restore to gzip JSON, without pg_dump."""
 
