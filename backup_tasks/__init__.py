@@ -1,3 +1,3 @@
 """backup_tasks: PostgreSQL backup and restore to gzip JSON, run as Celery tasks."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
