@@ -119,3 +119,18 @@ class AbortedError(BackupError):
 
 class StaleBackupError(BackupError):
     exit_code = ExitCode.STALE
+
+
+def from_dict(payload: dict) -> BackupError:
+    """The BackupError that to_dict() described (same class, hint, exit code, transient kind): how a failure
+    crosses a process boundary (a pool process, a Celery worker) without losing what the user is told."""
+    cls = globals().get(str(payload.get("type")))
+    if not (isinstance(cls, type) and issubclass(cls, BackupError)):
+        cls = BackupError
+    kind = payload.get("transient")
+    error = cls(str(payload.get("message", "unknown error")), payload.get("hint"),
+                transient=Transient(kind) if kind in {t.value for t in Transient} else None)
+    code = payload.get("exit_code")
+    if isinstance(code, int) and code != int(error.exit_code) and code in {c.value for c in ExitCode}:
+        error.exit_code = ExitCode(code)
+    return error

@@ -111,6 +111,7 @@ class BackupResult(BaseModel):
     large_objects: int = 0
     large_object_bytes: int = 0
     not_included: list[NotIncludedItem] = Field(default_factory=list)
+    parts: int = 1  # written by this many parts (a parallel backup), assembled in order
 
 
 class TableDiff(BaseModel):

@@ -1,4 +1,9 @@
-"""Streaming writer of the backup document. Memory use is one batch of rows, whatever the database size."""
+"""Streaming writers of the backup document. Memory use is one batch of rows, whatever the database size.
+
+Layers: a sink takes the compressed bytes (a new local file; or anything with write/finish/abort, such as an S3
+multipart upload); GzipStream compresses into it, counting and hashing what it writes; ArchiveWriter writes the
+whole document (archive/document.py) through one GzipStream.
+"""
 
 from __future__ import annotations
 
@@ -6,19 +11,53 @@ import hashlib
 import io
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
-import orjson
 from isal import igzip_threaded
 
-from .rowjson import dump_rows
+from . import document
 
 
-class _CountingFile(io.RawIOBase):
-    """Raw sink that hashes and counts the compressed bytes on their way to disk."""
+class Sink(Protocol):
+    """Where compressed bytes go. finish() makes them durable (fsync, or completing an upload); abort() gives up
+    (the caller removes what was written)."""
 
-    def __init__(self, raw: io.BufferedWriter):
-        self._raw = raw
+    def write(self, data: bytes) -> int: ...
+
+    def finish(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+class FileSink:
+    """A new file (it must not exist): bytes are never written over another file."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._file = open(self.path, "xb")
+
+    def write(self, data) -> int:
+        return self._file.write(data)
+
+    def finish(self) -> None:
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+
+    def abort(self) -> None:
+        try:
+            self._file.close()
+        except OSError:
+            # Closing flushes the buffered tail, which fails again on a full disk (EFBIG/ENOSPC): raised from the
+            # caller's error handler it replaced the "no space left" StorageError with a traceback.
+            pass
+
+
+class _Counting(io.RawIOBase):
+    """Raw sink that hashes and counts the compressed bytes on their way out."""
+
+    def __init__(self, sink: Sink):
+        self._sink = sink
         self.sha256 = hashlib.sha256()
         self.size = 0
 
@@ -27,46 +66,70 @@ class _CountingFile(io.RawIOBase):
 
     def write(self, b) -> int:  # must return len(input), or BufferedWriter resends data
         view = memoryview(b)
-        self._raw.write(view)
+        self._sink.write(view)
         self.sha256.update(view)
         self.size += len(view)
         return len(view)
 
 
-def _dumps(value: Any) -> bytes:
-    return orjson.dumps(value)
+class GzipStream:
+    """Bytes compressed as one standard gzip member into `sink`; finish() returns (compressed size, sha256)."""
+
+    def __init__(self, sink: Sink, compresslevel: int = 1, threads: int = 1):
+        self.sink = sink
+        self._counted = _Counting(sink)
+        # The threaded writer compresses off the GIL while rows are being fetched and serialised.
+        self._gz = igzip_threaded.open(self._counted, "wb", compresslevel=compresslevel, threads=threads)
+        self.uncompressed_bytes = 0
+        self._closed = False
+
+    def write(self, data: bytes) -> None:
+        self._gz.write(data)
+        self.uncompressed_bytes += len(data)
+
+    def finish(self) -> tuple[int, str]:
+        self._gz.close()
+        self.sink.finish()
+        self._closed = True
+        return self._counted.size, self._counted.sha256.hexdigest()
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._gz.close()
+        except Exception:  # noqa: BLE001 - abandoning partial output; the caller removes it
+            pass
+        self.sink.abort()
 
 
 class ArchiveWriter:
-    """Writes the document to `path` (which must not exist). Call finish() for a complete file; close() alone
-    leaves a partial file that the caller deletes."""
+    """Writes the whole document to `path` (which must not exist) or to a sink. Call finish() for a complete
+    backup; close() alone leaves partial output that the caller removes."""
 
-    def __init__(self, path: Path, compresslevel: int = 1, threads: int = 1):
+    def __init__(self, path: Path | None = None, compresslevel: int = 1, threads: int = 1, *,
+                 sink: Sink | None = None):
         self.path = path
-        self._raw = open(path, "xb")
-        self._sink = _CountingFile(self._raw)
-        # Standard gzip output; the threaded writer compresses off the GIL while rows are being fetched.
-        self._gz = igzip_threaded.open(self._sink, "wb", compresslevel=compresslevel, threads=threads)
-        self.uncompressed_bytes = 0
+        self._stream = GzipStream(sink or FileSink(path), compresslevel, threads)
         self._tables = 0
         self._rows_in_table = 0
         self._table_bytes_start = 0
         self._large_objects = False
-        self._closed = False
+
+    @property
+    def uncompressed_bytes(self) -> int:
+        return self._stream.uncompressed_bytes
 
     def _write(self, data: bytes) -> None:
-        self._gz.write(data)
-        self.uncompressed_bytes += len(data)
+        self._stream.write(data)
 
     def begin(self, metadata: dict[str, Any]) -> None:
-        self._write(b'{"metadata":' + _dumps(metadata) + b',"tables":{\n')
+        self._write(document.head(metadata))
 
     def begin_table(self, key: str, header: dict[str, Any]) -> None:
         """Start a table object; `header` holds every field except data and row_count (columns first)."""
-        head = _dumps(header)
-        assert head.endswith(b"}")
-        prefix = b",\n" if self._tables else b""
-        self._write(prefix + _dumps(key) + b":" + head[:-1] + (b"," if len(head) > 2 else b"") + b'"data":[\n')
+        self._write(document.table_open(key, header, first=not self._tables))
         self._tables += 1
         self._rows_in_table = 0
         self._table_bytes_start = self.uncompressed_bytes
@@ -74,49 +137,26 @@ class ArchiveWriter:
     def write_rows(self, rows: Sequence[Any]) -> int:
         if not rows:
             return 0
-        lines = dump_rows(rows)  # one JSON row per line
-        count = len(rows)
-        self._write((b",\n" if self._rows_in_table else b"") + lines)
-        self._rows_in_table += count
-        return count
+        self._write(document.rows(rows, after_rows=bool(self._rows_in_table)))
+        self._rows_in_table += len(rows)
+        return len(rows)
 
     def end_table(self) -> tuple[int, int]:
         """Close the table object (or the large objects' section); returns its (rows, uncompressed bytes)."""
-        close = b"\n]," if self._rows_in_table else b"],"  # the header line already ended with a newline
-        self._write(close + b'"row_count":' + str(self._rows_in_table).encode() + b"}")
+        self._write(document.table_close(self._rows_in_table))
         return self._rows_in_table, self.uncompressed_bytes - self._table_bytes_start
 
     def begin_large_objects(self, header: dict[str, Any]) -> None:
-        """Close `tables` and open the `large_objects` section: an object like a table's (`columns`, `data`,
-        `row_count`), whose rows are chunks of large objects. Only written when the database has any, so a
-        backup without large objects is the document it always was."""
-        head = _dumps(header)
-        self._write((b"\n" if self._tables else b"") + b'},"large_objects":' + head[:-1] + b',"data":[\n')
+        """The `large_objects` section after the tables (document.large_objects_open)."""
+        self._write(document.large_objects_open(header, after_tables=bool(self._tables)))
         self._large_objects = True
         self._rows_in_table = 0
         self._table_bytes_start = self.uncompressed_bytes
 
     def finish(self) -> tuple[int, str]:
-        """Close the document, flush to disk; returns (compressed size, sha256 hex)."""
-        self._write(b"\n}\n" if self._large_objects else b"\n}}\n")
-        self._gz.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
-        self._closed = True
-        return self._sink.size, self._sink.sha256.hexdigest()
+        """Close the document, flush it out (fsync); returns (compressed size, sha256 hex)."""
+        self._write(document.tail(self._large_objects))
+        return self._stream.finish()
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            self._gz.close()
-        except Exception:  # noqa: BLE001 - abandoning a partial file; the caller deletes it
-            pass
-        try:
-            self._raw.close()
-        except OSError:
-            # Closing flushes the buffered tail, which fails again on a full disk (EFBIG/ENOSPC): raised from
-            # the caller's error handler it replaced the "no space left" StorageError with a traceback.
-            pass
+        self._stream.abort()

@@ -172,27 +172,36 @@ def _prepare_directory(out: Path) -> None:
 
 
 @contextmanager
-def _partial_file(out: Path, taken_at: datetime, options: EngineOptions) -> Iterator[ArchiveWriter]:
-    """The writer of a hidden temporary file, removed unless the block published it; disk errors as
-    StorageErrors (a full disk says so and leaves nothing behind)."""
+def partial_path(out: Path, taken_at: datetime) -> Iterator[Path]:
+    """A hidden temporary name in `out` for the backup being written, removed unless the block published it; disk
+    errors as StorageErrors (a full disk says so and leaves nothing behind)."""
     tmp = out / f".{make_name(taken_at)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        writer = ArchiveWriter(tmp, compresslevel=options.compress_level)
+        yield tmp
     except OSError as exc:
-        raise StorageError(f"cannot write to {out}: {exc.strerror}") from None
-    try:
-        yield writer
-    except OSError as exc:
-        writer.close()
         tmp.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
             raise StorageError(f"no space left while writing the backup to {out}",
                                hint="Free disk space or point BACKUP_DIR elsewhere; no partial file was kept.") from None
         raise StorageError(f"writing the backup to {out} failed: {exc.strerror or exc}") from None
     except BaseException:
-        writer.close()
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def _partial_file(out: Path, taken_at: datetime, options: EngineOptions) -> Iterator[ArchiveWriter]:
+    """The writer of a hidden temporary file (partial_path), abandoned unless the block finished it."""
+    with partial_path(out, taken_at) as tmp:
+        try:
+            writer = ArchiveWriter(tmp, compresslevel=options.compress_level)
+        except OSError as exc:
+            raise StorageError(f"cannot write to {out}: {exc.strerror}") from None
+        try:
+            yield writer
+        except BaseException:
+            writer.close()
+            raise
 
 
 def _write_sidecars(final: Path, digest: str, manifest: Manifest) -> None:

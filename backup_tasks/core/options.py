@@ -21,6 +21,9 @@ class EngineOptions:
     # memory follows the bytes in flight, not a row count, so a table of multi-MB rows costs what a narrow one does.
     batch_bytes: int = 4 * MiB
     refresh_views: bool = True  # a restore refreshes the populated materialized views over what it restored
+    # A parallel backup splits a table bigger than this (heap and TOAST) into page ranges of about half of it, and
+    # groups smaller tables into parts of about that size.
+    split_min_bytes: int = 128 * MiB
 
     def with_(self, **changes) -> EngineOptions:
         return replace(self, **changes)

@@ -51,8 +51,8 @@ class Table:
     primary_key: list[str] = field(default_factory=list)
     estimated_rows: int = 0
     filter: str | None = None  # an extension configuration table's condition: only the rows it selects are data
-    heap_bytes: int = 0  # relpages x block size: what a sequential scan reads
-    total_bytes: int = 0  # with TOAST and indexes
+    heap_pages: int = 0  # the table's pages now (pg_relation_size / block size): what a sequential scan reads
+    data_bytes: int = 0  # pg_table_size: heap and TOAST, what a backup reads (no indexes)
 
     @property
     def key(self) -> str:
@@ -125,7 +125,7 @@ def _read_tables(cur) -> tuple[list[Table], tuple[str, str] | None]:
     cur.execute(
         f"""
         SELECT c.oid, n.nspname, c.relname, c.relpersistence, greatest(c.reltuples, 0)::bigint, cfg.cond,
-               c.relpages::bigint * current_setting('block_size')::bigint, pg_total_relation_size(c.oid)
+               pg_relation_size(c.oid) / current_setting('block_size')::bigint, pg_table_size(c.oid)
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN ({_CONFIG_TABLES}) cfg ON cfg.relid = c.oid
         WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {_USER_SCHEMA}
@@ -135,12 +135,12 @@ def _read_tables(cur) -> tuple[list[Table], tuple[str, str] | None]:
     )
     tables: list[Table] = []
     alembic = None
-    for oid, schema, name, persistence, estimate, cond, heap_bytes, total_bytes in cur.fetchall():
+    for oid, schema, name, persistence, estimate, cond, heap_pages, data_bytes in cur.fetchall():
         if name == ALEMBIC_TABLE and alembic is None and schema == "public":
             alembic = (schema, name)
             continue
         tables.append(Table(oid, schema, name, persistence, estimated_rows=int(estimate), filter=cond,
-                            heap_bytes=int(heap_bytes or 0), total_bytes=int(total_bytes or 0)))
+                            heap_pages=int(heap_pages or 0), data_bytes=int(data_bytes or 0)))
     if alembic is None:
         cur.execute(f"SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     f"WHERE c.relname = %s AND c.relkind = 'r' AND {_USER_SCHEMA} ORDER BY 1 LIMIT 1",

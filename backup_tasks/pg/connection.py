@@ -17,6 +17,8 @@ from ..errors import ConfigError, DatabaseError, Transient
 # array_nulls=on and xmloption=content pin how values are *parsed* on restore: a database or role with
 # array_nulls=off read the NULL elements of restored arrays as the text "NULL" (or failed on non-text arrays),
 # and xmloption=document refused XML content fragments that the column legitimately holds.
+# synchronize_seqscans=off (as pg_dump sets it): every scan starts at the table's first page, so rows come in the
+# same order in one process and in a parallel backup's page ranges, and a diff finds them in the file's order.
 # statement_timeout and idle_in_transaction_session_timeout are reset as pg_dump does: applications often set
 # them on their database or role, and a restore's COPY of a large table (or a diff's count) is one long
 # statement that they would cancel. Lock waits stay bounded by BACKUP_LOCK_TIMEOUT_S (set per transaction).
@@ -24,7 +26,7 @@ SESSION_OPTIONS = (
     "-c DateStyle=ISO,YMD -c IntervalStyle=postgres -c extra_float_digits=3 -c TimeZone=UTC "
     "-c bytea_output=hex -c client_encoding=UTF8 -c row_security=off -c standard_conforming_strings=on "
     "-c lc_monetary=C -c search_path=pg_catalog -c array_nulls=on -c xmloption=content "
-    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0 "
+    "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c synchronize_seqscans=off "
     "-c application_name=backup_tasks"
 )
 
@@ -70,6 +72,19 @@ def connection(url: str, **kwargs) -> Iterator[psycopg2.extensions.connection]:
         except psycopg2.Error:
             pass
         conn.close()
+
+
+def keep_alive(conn) -> None:
+    """Check that a session holding a transaction open (a parallel backup's exported snapshot) still has it:
+    a DatabaseError once the connection is gone, so the job fails instead of waiting on parts that cannot
+    join a snapshot that died with it."""
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1")
+    except psycopg2.Error as exc:
+        first = (str(exc).strip().splitlines() or ["connection lost"])[0]
+        raise DatabaseError(f"the backup's snapshot was lost: its session ended ({first})",
+                            hint="Nothing was kept; run the backup again (was the session terminated?).") from None
 
 
 def pg_error_message(exc: psycopg2.Error) -> str:

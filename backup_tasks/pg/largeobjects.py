@@ -24,9 +24,12 @@ class LargeObject:
     owner: str
 
 
-def list_large_objects(cur) -> list[LargeObject]:
-    """Every large object (in the transaction's snapshot), by oid. pg_largeobject_metadata is readable by all."""
-    cur.execute("SELECT m.oid, pg_get_userbyid(m.lomowner) FROM pg_largeobject_metadata m ORDER BY m.oid")
+def list_large_objects(cur, first: int | None = None, stop: int | None = None) -> list[LargeObject]:
+    """Every large object (in the transaction's snapshot), by oid; or those with first <= oid < stop.
+    pg_largeobject_metadata is readable by all."""
+    cur.execute("SELECT m.oid, pg_get_userbyid(m.lomowner) FROM pg_largeobject_metadata m "
+                "WHERE m.oid::bigint >= %s AND (%s::bigint IS NULL OR m.oid::bigint < %s) ORDER BY m.oid",
+                (first or 0, stop, stop))
     return [LargeObject(int(oid), owner) for oid, owner in cur.fetchall()]
 
 

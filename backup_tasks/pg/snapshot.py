@@ -51,7 +51,8 @@ def lock_tables(cur, tables: list[Table]) -> None:
 BOOL_OID = 16
 
 
-def select_rows(table: Table, columns: list[str] | None = None, *, bool_as_text: bool = False) -> sql.Composable:
+def select_rows(table: Table, columns: list[str] | None = None, *, bool_as_text: bool = False,
+                pages: tuple[int, int | None] | None = None) -> sql.Composable:
     """The backup's SELECT: native types as they are, every other type as its text output. `columns` picks
     the order (a diff reads the database in the backup's column order). bool_as_text: booleans as `true`/`false`,
     as the backup's JSON spells them (COPY TO would write t/f). An extension's configuration table is read through
@@ -66,7 +67,26 @@ def select_rows(table: Table, columns: list[str] | None = None, *, bool_as_text:
     query = sql.SQL("SELECT {} FROM ONLY {}").format(cols, table.ident)
     if table.filter:
         query = sql.SQL("{} {}").format(query, sql.SQL(table.filter))  # the extension's own "WHERE …" text
+    elif pages is not None:
+        query = sql.SQL("{} WHERE {}").format(query, page_range(*pages))
     return query
+
+
+def page_range(first: int, stop: int | None) -> sql.Composable:
+    """Rows on pages [first, stop): a TID Range Scan (PostgreSQL 14+), in the order a sequential scan returns
+    them. stop=None: to the end of the table (rows of pages added since the plan are invisible to the snapshot)."""
+    low = sql.SQL("ctid >= {}::tid").format(sql.Literal(f"({first},0)"))
+    if stop is None:
+        return low
+    return sql.SQL("{} AND ctid < {}::tid").format(low, sql.Literal(f"({stop},0)"))
+
+
+def join_snapshot(conn, snapshot: str) -> None:
+    """Read exactly what the exporting transaction reads: REPEATABLE READ READ ONLY, then SET TRANSACTION
+    SNAPSHOT as its first statement (the exporter must still be open; pg_dump -j works so)."""
+    conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
+    with conn.cursor() as cur:
+        cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
 
 
 class BatchSizer:
@@ -110,15 +130,21 @@ def iter_table_batches(conn, tables: list[Table], budget: int,
                        columns: list[list[str]] | None = None) -> Iterator[tuple[int, Any, BatchSizer]]:
     """Yield (table index, batch of row tuples, sizer) for every table in order, then (index, END, sizer) after
     each table. The caller reports each batch's serialised size to `sizer.observe`."""
+    statements = [select_rows(t, columns[i] if columns else None) for i, t in enumerate(tables)]
+    return iter_batches(conn, statements, budget)
+
+
+def iter_batches(conn, statements: list[sql.Composable | str], budget: int) -> Iterator[tuple[int, Any, BatchSizer]]:
+    """iter_table_batches for SELECTs given as statements (a part of a parallel backup gets its own)."""
     batches = Handoff(maxsize=IN_FLIGHT)
     put = batches.put
 
     def produce() -> None:
         try:
-            for i, table in enumerate(tables):
+            for i, statement in enumerate(statements):
                 sizer = BatchSizer(budget)
                 with conn.cursor(name=f"backup_tasks_{i}") as cur:
-                    cur.execute(select_rows(table, columns[i] if columns else None))
+                    cur.execute(statement)
                     while rows := cur.fetchmany(sizer.next()):
                         sizer.first(rows)
                         if not put((i, rows, sizer)):
