@@ -42,26 +42,31 @@ def mixed_rows_for(scale: int) -> int:
     return max(50_000 * scale, 100_000)
 
 
+def prefix(opts) -> str:
+    return f"bench_{opts.db_tag}_" if opts.db_tag else "bench_"
+
+
 def plan(opts) -> list[Dataset]:
     """The datasets of this run, in order, from the options (sizes and --datasets)."""
     out: list[Dataset] = []
+    pre = prefix(opts)
     for kind in opts.datasets:
         if kind == "pgbench":
             for s in opts.scales:
                 mixed = opts.mixed_rows or mixed_rows_for(s)
-                out.append(Dataset("pgbench", f"bench_pgbench_s{s}_m{mixed}", {"scale": s, "mixed_rows": mixed},
+                out.append(Dataset("pgbench", f"{pre}pgbench_s{s}_m{mixed}", {"scale": s, "mixed_rows": mixed},
                                    generators.CHANGE_PGBENCH, f"pgbench s{s}", scale=s))
         elif kind == "wide":
             p = {"rows": opts.wide_rows, "row_mb": opts.wide_row_mb}
-            out.append(Dataset("wide", f"bench_wide_r{p['rows']}_{p['row_mb']:g}mb".replace(".", "_"), p,
+            out.append(Dataset("wide", f"{pre}wide_r{p['rows']}_{p['row_mb']:g}mb".replace(".", "_"), p,
                                generators.CHANGE_WIDE, f"wide {p['rows']}x{p['row_mb']:g}MB"))
         elif kind == "many":
             p = {"tables": opts.many_tables, "rows": opts.many_rows}
-            out.append(Dataset("many", f"bench_many_t{p['tables']}_r{p['rows']}", p, generators.CHANGE_MANY,
+            out.append(Dataset("many", f"{pre}many_t{p['tables']}_r{p['rows']}", p, generators.CHANGE_MANY,
                                f"many {p['tables']}x{p['rows']}"))
         elif kind == "skewed":
             p = {"scale": opts.skewed_scale, "mixed_rows": opts.skewed_mixed_rows}
-            out.append(Dataset("skewed", f"bench_skewed_s{p['scale']}_m{p['mixed_rows']}", p,
+            out.append(Dataset("skewed", f"{pre}skewed_s{p['scale']}_m{p['mixed_rows']}", p,
                                generators.CHANGE_PGBENCH, f"skewed s{p['scale']}+{p['mixed_rows']} mixed"))
     return out
 

@@ -59,6 +59,7 @@ class Engine:
     @classmethod
     def snapshot(cls, tree: Path, work: Path) -> "Engine":
         dest = work / "engine"
+        shutil.rmtree(dest, ignore_errors=True)  # a --workdir used before
         shutil.copytree(tree / "backup_tasks", dest / "backup_tasks",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         if (tree / "beat_schedule.py").exists():

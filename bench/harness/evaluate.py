@@ -50,6 +50,9 @@ def target_value(t: Target, res: dict, s: dict[str, dict]):
     op, ref = s.get(t.op) or {}, s.get(t.ref) or {}
     if t.metric == "oracle":
         return (res["oracle"].get(t.op) or {}).get("verdict")
+    if t.metric == "changes":
+        changes = op.get("changes")
+        return None if changes is None else ("some" if changes else "none")
     return {
         "time": lambda: _ratio(op.get("time_s"), ref.get("time_s")),
         "size": lambda: _ratio(op.get("output_bytes"), ref.get("output_bytes")),
@@ -73,7 +76,7 @@ def evaluate(t: Target, res: dict, s: dict[str, dict]) -> dict:
     if value is None:
         failed = [k for k in (t.op, t.ref) if k and not (s.get(k) or {}).get("ok")]
         out.update(met=False, note="did not run successfully: " + ", ".join(failed or [t.op]))
-    elif t.metric == "oracle":
+    elif t.metric in ("oracle", "changes"):
         out["met"] = value == t.limit
     else:
         out["met"] = value <= t.limit

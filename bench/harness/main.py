@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     work = opts.workdir or Path(tempfile.mkdtemp(prefix="backup_tasks_bench_"))
     work.mkdir(parents=True, exist_ok=True)
     doc: dict = {"started_at": _now()}
-    redis, code = None, 0
+    redis, h, code = None, None, 0
     try:
         server = preflight(pg)
         engine = Engine.snapshot(opts.engine_from, work)
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{engine.fingerprint}); features: {doc['engine']['features']}")
         redis = RedisDb()
         h = Harness(opts, pg, engine, Quiet(max_wait_s=opts.wait_idle), work, log, redis, pg.postmaster_pid())
-        make_warm_dbs(pg)
+        make_warm_dbs(h)
         for ds in datasets.plan(opts):
             doc["datasets"].append(bench_dataset(h, ds))
             report.write_json(opts.json, doc)
@@ -83,10 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         doc["error"] = str(exc)
         code = 2
     finally:
-        try:
-            drop_warm_dbs(pg)
-        except psycopg2.Error:
-            pass  # the server was not reachable in the first place
+        if h:
+            drop_warm_dbs(h)
         if redis:
             redis.release()
         doc["finished_at"] = _now()
@@ -112,9 +110,9 @@ def finish(doc: dict, engine: Engine) -> int:
     print(f"machine: {m['cpus']} CPUs, load average {m['loadavg_start'][0]:.2f} at start, "
           f"{m['loadavg_end'][0]:.2f} at end; PostgreSQL {m['server_version']}; {doc['reps']} reps, ABBA")
     changed = fingerprint(engine.source_tree) != engine.fingerprint
-    print(f"engine: git {engine.git['head']}{' + uncommitted changes' if engine.git['engine_dirty'] else ''}, "
-          f"fingerprint {engine.fingerprint}, every command ran the copy taken at the start"
-          + (" (the tree has changed since)" if changed else ""))
+    dirty = " + uncommitted changes" if engine.git["engine_dirty"] else ""
+    print(f"engine: git {engine.git['head'] or '(not a git tree)'}{dirty}, fingerprint {engine.fingerprint}, every "
+          f"command ran the copy taken at the start" + (" (the tree has changed since)" if changed else ""))
     if not engine.still_same():
         print("WARNING: the engine's copy changed during the run: the figures mix versions")
     print(doc["table"])

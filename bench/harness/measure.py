@@ -54,11 +54,15 @@ class Sampler:
     client_peak_kb: int = 0
     pool_peak_kb: dict = field(default_factory=dict)   # pool pid -> peak of its tree
     pool_total_peak_kb: int = 0
+    pool_idle_kb: int = 0                              # largest pool process before the command: imports only
     backend_first: dict = field(default_factory=dict)  # backend pid -> ticks when first seen (0 if born later)
     backend_last: dict = field(default_factory=dict)
 
     def baseline(self) -> None:
-        """Backends alive before the command starts count only what they do from now on."""
+        """Backends alive before the command starts count only what they do from now on; the pool processes'
+        RSS before the command shows what an idle worker process already holds."""
+        if self.watch.worker_pid:
+            self.pool_idle_kb = max((tree_rss_kb(c) for c in children(self.watch.worker_pid)), default=0)
         for pid in self._backends():
             ticks = cpu_ticks(pid, with_children=False)
             if ticks is not None:
@@ -184,6 +188,7 @@ def _result(cmd, proc, status, usage, wall, sampler, watch, wticks0, jiffies0, o
             "cpu_s": round(((wticks1 or 0) - (wticks0 or 0)) / CLK_TCK, 3),
             "peak_process_rss_mb": round(max(sampler.pool_peak_kb.values(), default=0) / 1024, 1),
             "peak_pool_rss_mb": round(sampler.pool_total_peak_kb / 1024, 1),
+            "idle_process_rss_mb": round(sampler.pool_idle_kb / 1024, 1),
             "processes": len(sampler.pool_peak_kb),
         }
     return r

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class Options:
     pg_url: str
     workdir: Path | None
     engine_from: Path
+    db_tag: str
 
 
 def parser() -> argparse.ArgumentParser:
@@ -78,6 +80,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432"),
                     help="server, without database name (env BENCH_PG_URL)")
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one, removed)")
+    ap.add_argument("--db-tag", default="", help="put this in every database name (bench_TAG_...), so two runs on "
+                    "one server, e.g. two engineers' smoke tests, never share a database")
     ap.add_argument("--engine-from", type=Path, default=REPO, help="the tree whose backup_tasks/ is copied and "
                     "measured (default: this checkout)")
     return ap
@@ -96,7 +100,9 @@ def parse(argv: list[str] | None = None) -> Options:
         ap.error(f"unknown operation(s) {sorted(unknown)}")
     if sized["reps"] < 1:
         ap.error("--reps must be at least 1")
+    if a.db_tag and not re.fullmatch(r"[a-z0-9_]{1,20}", a.db_tag):
+        ap.error("--db-tag: at most 20 of a-z, 0-9, _")
     scales = sorted(set(a.scale or [1 if a.quick else 20]))
     return Options(scales=scales, datasets=kinds, keep_db=a.keep_db, quick=a.quick, json=a.json,
                    timeout=a.timeout, only=only, pg_url=a.pg_url, workdir=a.workdir,
-                   engine_from=a.engine_from.resolve(), **sized)
+                   engine_from=a.engine_from.resolve(), db_tag=a.db_tag, **sized)

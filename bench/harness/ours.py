@@ -68,7 +68,7 @@ def diff_changes(stdout: str) -> dict | None:
     if not lines:
         return None
     changes = {}
-    for table, current, backup, total, bracket in lines:
+    for table, current, backup, _total, bracket in lines:
         counts = {k: int(n) for k, n in re.findall(r"(insert|delete|change) (\d+)", bracket or "")}
         if counts or current != backup:
             changes[table] = [counts.get("insert", 0), counts.get("delete", 0), counts.get("change", 0)]

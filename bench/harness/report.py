@@ -7,15 +7,23 @@ from pathlib import Path
 
 from .evaluate import cpu_per_gb, summaries
 from .operations import OPERATIONS
-from .targets import ROW_REFERENCE, TARGETS, describe
+from .targets import TARGETS, describe, row_reference
 
 MiB = 2**20
-HEAD = ["operation", "median s", "x ref", "out MB", "x size", "rss MB", "worker MB", "cpu ours/server s",
+HEAD = ["operation", "median s", "x ref", "out MB", "x size", "rss MB", "worker MB", "cpu s ours/pg",
         "targets", "met?"]
 
 
 def _f(v, spec=".2f") -> str:
     return "" if v is None else format(v, spec)
+
+
+def _mb(n) -> str:
+    """Sizes from 0.02 MB (many small tables, compressed) to GB: two significant figures at least."""
+    if not n:
+        return ""
+    mb = n / MiB
+    return format(mb, ".0f" if mb >= 100 else ".1f" if mb >= 1 else ".3f")
 
 
 def dataset_line(res: dict) -> str:
@@ -40,11 +48,11 @@ def _row(res: dict, op, s: dict, verdicts: list[dict]) -> list[str]:
         return []
     if not x["ok"]:
         return [label, "FAILED", "", "", "", "", "", "", wanted, "NO: " + (x["errors"][0] or "").splitlines()[0]]
-    ref = s.get(ROW_REFERENCE[op.group]) if op.key != ROW_REFERENCE[op.group] else None
+    ref = s.get(row_reference(op) or "")
     ratio = x["time_s"] / ref["time_s"] if ref and ref.get("time_s") else None
     size = x["output_bytes"] / ref["output_bytes"] if ref and x["output_bytes"] and ref.get("output_bytes") else None
     cpu = f"{(x['cpu_client_s'] or 0) + (x['cpu_worker_s'] or 0):.1f}/{_f(x['cpu_server_s'], '.1f') or '-'}"
-    return [label, _f(x["time_s"]), _f(ratio), _f(x["output_bytes"] and x["output_bytes"] / MiB, ".1f"), _f(size),
+    return [label, _f(x["time_s"]), _f(ratio), _mb(x["output_bytes"]), _f(size),
             _f(x["rss_mb"], ".0f"), _f(x["worker_rss_mb"], ".0f"), cpu,
             wanted or ("(reference)" if op.side == "reference" else ""), _met(mine)]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,12 +15,10 @@ from .context import DatasetRun
 from .datasets import Dataset
 from .engine import Engine
 from .oracle_check import Oracle
-from .pg import HarnessError, Pg
+from .pg import Pg
 from .quiet import Quiet
 from .runner import Runner
 from .worker import RedisDb, Worker
-
-WARM_DB = "bench_warmup"
 
 
 @dataclass
@@ -32,6 +31,10 @@ class Harness:
     log: Callable[[str], None]
     redis: RedisDb | None = None
     postmaster_pid: int | None = None
+
+    @property
+    def warm_db(self) -> str:
+        return datasets.prefix(self.opts) + "warmup"
 
 
 def bench_dataset(h: Harness, ds: Dataset) -> dict:
@@ -77,10 +80,13 @@ def _with_keys(run: DatasetRun, ops: list, skipped: dict) -> list:
 
 
 def start_worker(h: Harness, run: DatasetRun) -> Worker:
-    h.log(f"starting a worker for {run.ds.db} (2 processes, Redis database {h.redis.number})")
+    t0 = time.monotonic()
     w = Worker(run.ours_env(), cwd=run.dir, log=run.dir / "worker.log").wait_ready()
     run.worker_pid = w.pid
+    t1 = time.monotonic()
     warm_up(h, run)
+    h.log(f"worker for {run.ds.db}: 2 processes, Redis database {h.redis.number}; ready in {t1 - t0:.1f} s, "
+          f"warmed up in {time.monotonic() - t1:.1f} s")
     return w
 
 
@@ -95,7 +101,7 @@ def warm_up(h: Harness, run: DatasetRun) -> None:
     """Tiny jobs, two at a time so both pool processes get one: the measured jobs then find the imports done,
     as on a worker that has been running for a while. Two databases, as a restore holds one exclusively."""
     ctl, env = h.engine.backupctl(), run.ours_env()
-    a, b = h.pg.url(WARM_DB), h.pg.url(WARM_DB + "_target")
+    a, b = h.pg.url(h.warm_db), h.pg.url(h.warm_db + "_target")
     def pair(first: list[str], second: list[str]) -> list[str]:
         return _pair(h.log, ctl, env, run.dir, first, second)
 
@@ -121,14 +127,14 @@ def _pair(log, ctl: list[str], env: dict, cwd: Path, first: list[str], second: l
     return outs
 
 
-def make_warm_dbs(pg: Pg) -> None:
-    pg.create(WARM_DB)
-    pg.execute(WARM_DB, "CREATE TABLE warm (id int PRIMARY KEY, t text); "
-                        "INSERT INTO warm SELECT g, 'row ' || g FROM generate_series(1, 100) g")
-    pg.create(WARM_DB + "_target")
-    pg.execute(WARM_DB + "_target", "CREATE TABLE warm (id int PRIMARY KEY, t text)")
+def make_warm_dbs(h: Harness) -> None:
+    h.pg.create(h.warm_db)
+    h.pg.execute(h.warm_db, "CREATE TABLE warm (id int PRIMARY KEY, t text); "
+                            "INSERT INTO warm SELECT g, 'row ' || g FROM generate_series(1, 100) g")
+    h.pg.create(h.warm_db + "_target")
+    h.pg.execute(h.warm_db + "_target", "CREATE TABLE warm (id int PRIMARY KEY, t text)")
 
 
-def drop_warm_dbs(pg: Pg) -> None:
-    pg.drop(WARM_DB)
-    pg.drop(WARM_DB + "_target")
+def drop_warm_dbs(h: Harness) -> None:
+    h.pg.drop(h.warm_db)
+    h.pg.drop(h.warm_db + "_target")

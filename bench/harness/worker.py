@@ -43,7 +43,7 @@ class RedisDb:
         try:
             self._client(0).ping()
         except redis.RedisError as exc:
-            raise HarnessError(f"Redis is not running on {REDIS_HOST}:{REDIS_PORT} (make services): {exc}")
+            raise HarnessError(f"Redis is not running on {REDIS_HOST}:{REDIS_PORT} (make services): {exc}") from None
         for n in range(15, 0, -1):
             r = self._client(n)
             if r.dbsize() == 0 and r.set(CLAIM_KEY, self.token, nx=True, ex=12 * 3600):
