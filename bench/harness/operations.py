@@ -89,7 +89,9 @@ BY_KEY = {op.key: op for op in OPERATIONS}
 
 
 def for_dataset(kind: str, features: dict, only: set[str] | None = None) -> tuple[list[Operation], dict]:
-    """The operations that run on a dataset of this kind, and those skipped with the reason."""
+    """The operations that run on a dataset of this kind, and those skipped with the reason. pg_dump -Fc runs
+    even when --only leaves it out: its file is what the target is filled with before a restore or diff."""
+    only = only | {"pg_dump_fc"} if only else None
     run, skipped = [], {}
     for op in OPERATIONS:
         if kind not in op.kinds or (only and op.key not in only):

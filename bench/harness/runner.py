@@ -11,6 +11,7 @@ from . import datasets, measure, ours, reference
 from .context import DatasetRun
 from .operations import Operation
 from .oracle_check import Oracle
+from .pg import HarnessError
 from .quiet import Quiet
 
 GROUPS = ("backup", "diff", "restore", "check")
@@ -115,10 +116,10 @@ class Runner:
         if run.target_state != "restored":
             dump = run.files.get("pg_dump_fc")
             if dump is None:
-                raise RuntimeError("pg_dump -Fc produced no file to fill the target with")
+                raise HarnessError("pg_dump -Fc produced no file to fill the target with")
             r = measure.run(reference.truncate_and_restore(run))
             if r["rc"] != 0:
-                raise RuntimeError(f"filling the target failed: {r['stderr'][-1000:]}")
+                raise HarnessError(f"filling the target failed: {r['stderr'][-1000:]}")
         datasets.change_target(run.pg, run.ds)
         run.target_state = "changed"
 
