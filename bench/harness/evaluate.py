@@ -83,11 +83,17 @@ def evaluate(t: Target, res: dict, s: dict[str, dict]) -> dict:
     return out
 
 
+def _selected(t: Target, res: dict) -> bool:
+    """A target of this dataset whose operations were chosen (all of them, unless --only)."""
+    chosen = set(res["runs"]) | set(res["skipped"])
+    return res["kind"] in t.kinds and t.op in chosen and (t.ref is None or t.ref in chosen)
+
+
 def evaluate_all(results: list[dict]) -> list[dict]:
     verdicts = []
     for res in results:
         s = summaries(res)
-        verdicts += [evaluate(t, res, s) for t in TARGETS if res["kind"] in t.kinds]
+        verdicts += [evaluate(t, res, s) for t in TARGETS if _selected(t, res)]
     return verdicts + growth(results)
 
 

@@ -129,10 +129,10 @@ def _sample_loop(sampler: Sampler, done: threading.Event) -> None:
         done.wait(PERIOD_S)
 
 
-def _on_timeout(proc: subprocess.Popen, watch: Watch, hung: dict) -> None:
+def _on_timeout(proc: subprocess.Popen, watch: Watch, hung: dict, timeout: float) -> None:
     pids = process_tree(proc.pid) + (process_tree(watch.worker_pid)[1:] if watch.worker_pid else [])
     hung["py_spy_dump"] = pyspy_dump(pids)
-    hung["timed_out"] = True
+    hung["timed_out"] = timeout
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # the command and whatever it started: all ours, in its own group
     except ProcessLookupError:
@@ -153,7 +153,7 @@ def run(cmd: Command, watch: Watch | None = None, timeout: float | None = None) 
     done, hung = threading.Event(), {}
     thread = threading.Thread(target=_sample_loop, args=(sampler, done), daemon=True)
     thread.start()
-    killer = threading.Timer(timeout, _on_timeout, (proc, watch, hung)) if timeout else None
+    killer = threading.Timer(timeout, _on_timeout, (proc, watch, hung, timeout)) if timeout else None
     if killer:
         killer.start()
     _, status, usage = os.wait4(proc.pid, 0)

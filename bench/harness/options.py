@@ -19,7 +19,7 @@ SIZES = {
     "reps": (3, 1),
     "wide_rows": (150, 6),
     "wide_row_mb": (5.0, 2.0),
-    "many_tables": (1000, 100),
+    "many_tables": (1000, 50),
     "many_rows": (200, 200),
     "skewed_scale": (10, 1),
     "skewed_mixed_rows": (1_500_000, 60_000),
@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--json", type=Path, default=BENCH / "results" / "latest.json", help="where the results go")
     ap.add_argument("--wide-rows", type=int, help="rows of the wide table (default 150, --quick 6)")
     ap.add_argument("--wide-row-mb", type=float, help="MB per wide row, half text, half bytea (default 5)")
-    ap.add_argument("--many-tables", type=int, help="tables of the many dataset (default 1000, --quick 100)")
+    ap.add_argument("--many-tables", type=int, help="tables of the many dataset (default 1000, --quick 50)")
     ap.add_argument("--many-rows", type=int, help="rows per table of the many dataset (default 200)")
     ap.add_argument("--skewed-scale", type=int, help="pgbench scale of the skewed dataset (default 10)")
     ap.add_argument("--skewed-mixed-rows", type=int, help="rows of its big mixed table (default 1,500,000)")

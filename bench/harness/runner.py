@@ -133,7 +133,7 @@ class Runner:
 
 def _failure(r: dict) -> str:
     if r.get("timed_out"):
-        return "timed out; where it was:\n" + (r.get("py_spy_dump") or "")[-3000:]
+        return f"timed out after {r['timed_out']:g} s (killed; where it was: py_spy_dump in the JSON)"
     lines = (r["stderr"] or r["stdout"]).strip().splitlines() or [f"exit {r['rc']}"]
     return f"exit {r['rc']}: {lines[-1][:300]}"
 
