@@ -40,7 +40,7 @@ def fingerprint(root: Path) -> str:
 def git_head(tree: Path) -> dict:
     def git(*a: str) -> str:
         try:
-            return subprocess.run(["git", *a], cwd=tree, capture_output=True, text=True).stdout.strip()
+            return subprocess.run(["git", *a], cwd=tree, check=False, capture_output=True, text=True).stdout.strip()
         except OSError:
             return ""
 
@@ -57,7 +57,7 @@ class Engine:
     features: dict = field(default_factory=dict)
 
     @classmethod
-    def snapshot(cls, tree: Path, work: Path) -> "Engine":
+    def snapshot(cls, tree: Path, work: Path) -> Engine:
         dest = work / "engine"
         shutil.rmtree(dest, ignore_errors=True)  # a --workdir used before
         shutil.copytree(tree / "backup_tasks", dest / "backup_tasks",
@@ -77,9 +77,19 @@ class Engine:
         script = Path(sys.executable).parent / "backupctl"
         return [str(script)] if script.exists() else [sys.executable, "-m", "backup_tasks"]
 
+    def worker_argv(self, concurrency: int, name: str) -> list[str]:
+        """The worker as a deployment starts it: `backup-tasks-worker` (backup_tasks/processes.py, what ./worker
+        and the image run), with our node name; `celery … worker` itself for an engine older than that."""
+        script = Path(sys.executable).parent / "backup-tasks-worker"
+        extra = ["-n", f"{name}@%h", "--without-mingle", "--without-gossip"]
+        if script.exists() and (self.root / "backup_tasks" / "processes.py").exists():
+            return [str(script), *extra]  # WORKER_CONCURRENCY in its environment sets the processes
+        return [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "worker", "-E", "--loglevel=INFO",
+                f"--concurrency={concurrency}", *extra]
+
     def check_import(self, cwd: Path) -> str:
         probe = subprocess.run([sys.executable, "-c", "import backup_tasks; print(backup_tasks.__file__)"],
-                               env=self.env(), cwd=cwd, capture_output=True, text=True)
+                               check=False, env=self.env(), cwd=cwd, capture_output=True, text=True)
         where = probe.stdout.strip()
         if probe.returncode != 0 or not Path(where).is_relative_to(self.root):
             raise HarnessError(f"commands would import backup_tasks from {where or probe.stderr[-500:]!r}, "
@@ -89,14 +99,14 @@ class Engine:
     def detect_features(self, cwd: Path) -> dict:
         """What this engine's CLI offers, from its --help (others are adding --jobs and keygen now)."""
         def helptext(*args: str) -> str:
-            p = subprocess.run(self.backupctl() + list(args) + ["--help"], env=self.env(), cwd=cwd,
+            p = subprocess.run(self.backupctl() + list(args) + ["--help"], check=False, env=self.env(), cwd=cwd,
                                capture_output=True, text=True)
             return p.stdout if p.returncode == 0 else ""
 
         top = helptext()
         self.features = {
-            "jobs": bool(re.search(r"^\s+--jobs\b", helptext("create"), re.M)),
-            "keygen": bool(re.search(r"^\s+keygen\b", top, re.M)),
+            "jobs": bool(re.search(r"^\s+--jobs\b", helptext("create"), re.MULTILINE)),
+            "keygen": bool(re.search(r"^\s+keygen\b", top, re.MULTILINE)),
         }
         if self.features["keygen"]:
             self.features["keygen_help"] = helptext("keygen")

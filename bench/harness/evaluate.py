@@ -60,6 +60,7 @@ def target_value(t: Target, res: dict, s: dict[str, dict]):
         "worker_rss": lambda: op.get("worker_rss_mb"),
         "rss_ratio": lambda: _ratio(op.get("rss_mb"), ref.get("rss_mb")),
         "cpu_work": lambda: _ratio(op.get("cpu_total_s"), ref.get("cpu_total_s")),
+        "extra_s": lambda: None if None in (op.get("time_s"), ref.get("time_s")) else op["time_s"] - ref["time_s"],
     }[t.metric]()
 
 

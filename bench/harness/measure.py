@@ -25,7 +25,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from procfs import CLK_TCK, children, cmdline, cpu_ticks, process_tree, rss_kb, tree_rss_kb
+from procfs import (
+    CLK_TCK,
+    children,
+    cmdline,
+    cpu_ticks,
+    process_tree,
+    rss_kb,
+    tree_rss_kb,
+)
 
 from .quiet import busy_cores_between, cpu_jiffies
 
@@ -116,7 +124,7 @@ def pyspy_dump(pids: list[int]) -> str:
     out = []
     for pid in pids:
         try:
-            out.append(subprocess.run([spy, "dump", "--pid", str(pid)], capture_output=True, text=True,
+            out.append(subprocess.run([spy, "dump", "--pid", str(pid)], check=False, capture_output=True, text=True,
                                       timeout=30).stdout)
         except (OSError, subprocess.SubprocessError) as exc:
             out.append(f"py-spy dump of {pid} failed: {exc}")
@@ -142,7 +150,7 @@ def _on_timeout(proc: subprocess.Popen, watch: Watch, hung: dict, timeout: float
 def run(cmd: Command, watch: Watch | None = None, timeout: float | None = None) -> dict:
     """Run cmd to its end and return its measurements (see the module's docstring) and its output."""
     watch = watch or Watch()
-    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115 - read and closed in _result
     wticks0 = worker_ticks(watch.worker_pid)
     sampler = Sampler(0, watch)
     sampler.baseline()
@@ -170,6 +178,9 @@ def _result(cmd, proc, status, usage, wall, sampler, watch, wticks0, jiffies0, o
     wticks1 = worker_ticks(watch.worker_pid)
     out.seek(0)
     err.seek(0)
+    stdout, stderr = out.read().decode("utf-8", "replace"), err.read().decode("utf-8", "replace")
+    out.close()
+    err.close()
     r = {
         "argv": cmd.argv,
         "wall_s": round(wall, 3),
@@ -179,8 +190,8 @@ def _result(cmd, proc, status, usage, wall, sampler, watch, wticks0, jiffies0, o
         "server_cpu_s": round(sampler.server_cpu_s(), 3) if watch.postmaster_pid else None,
         "server_backends": len(sampler.backend_last),
         "machine_busy_cores": busy_cores_between(jiffies0, cpu_jiffies()),
-        "stdout": out.read().decode("utf-8", "replace"),
-        "stderr": err.read().decode("utf-8", "replace")[-4000:],
+        "stdout": stdout,
+        "stderr": stderr[-4000:],
         **hung,
     }
     if watch.worker_pid:

@@ -9,8 +9,8 @@ Groups run in this order on each dataset, each group --reps times in alternating
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import ours, reference
 from .context import DatasetRun

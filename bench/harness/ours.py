@@ -11,8 +11,8 @@ from pathlib import Path
 from .context import DatasetRun, Keys
 from .measure import Command
 
-SAVED_TO = re.compile(r"^Saved to: (.+)$", re.M)
-DIFF_LINE = re.compile(r"^\s+(\S+): (\d+) → (\d+) \(([+-]?\d+)\)(?:\s+\[(.*)\])?", re.M)
+SAVED_TO = re.compile(r"^Saved to: (.+)$", re.MULTILINE)
+DIFF_LINE = re.compile(r"^\s+(\S+): (\d+) → (\d+) \(([+-]?\d+)\)(?:\s+\[(.*)\])?", re.MULTILINE)
 AGE_RECIPIENT = re.compile(r"\bage1[0-9a-z]{20,}\b")
 AGE_IDENTITY = re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+")
 
@@ -87,7 +87,7 @@ def make_keys(run: DatasetRun, directory: Path) -> Keys | str:
         args = ["keygen", str(identity)]
     else:
         args = ["keygen"]
-    p = subprocess.run(run.engine.backupctl() + args, env=run.ours_env(), cwd=run.dir, capture_output=True, text=True)
+    p = subprocess.run(run.engine.backupctl() + args, env=run.ours_env(), cwd=run.dir, check=False, capture_output=True, text=True)
     if p.returncode != 0:
         return f"`backupctl {' '.join(args)}` failed: {(p.stderr or p.stdout).strip()[-300:]}"
     if not identity.exists():

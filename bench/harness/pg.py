@@ -7,7 +7,6 @@ import subprocess
 from urllib.parse import urlsplit
 
 import psycopg2
-
 from procfs import parent
 
 
@@ -61,7 +60,7 @@ class Pg:
         self.execute("postgres", f'CREATE DATABASE "{db}"')
 
     def tool(self, *cmd: str, input: str | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run(list(cmd), env=self.env, input=input, capture_output=True, text=True)
+        proc = subprocess.run(list(cmd), env=self.env, input=input, check=False, capture_output=True, text=True)
         if proc.returncode != 0:
             raise HarnessError(f"{' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         return proc

@@ -10,6 +10,7 @@ from .operations import OPERATIONS
 from .targets import TARGETS, describe, row_reference
 
 MiB = 2**20
+SKEWED_SHARE = 0.6  # issue 15: the skewed dataset's largest table holds at least this share of the data
 HEAD = ["operation", "median s", "x ref", "out MB", "x size", "rss MB", "worker MB", "cpu s ours/pg",
         "targets", "met?"]
 
@@ -32,6 +33,8 @@ def dataset_line(res: dict) -> str:
     oracle = ", ".join(f"{k} {v['verdict']}" for k, v in res["oracle"].items()) or "not run"
     extra = f"; rows of {f['row_mb']:g} MB each (a single row's own size is outside the memory bound)" \
         if "row_mb" in f else ""
+    if res["kind"] == "skewed" and f["largest_share"] < SKEWED_SHARE:
+        extra += f"; WARNING: the largest table holds less than {SKEWED_SHARE:.0%} (issue 15): more mixed rows"
     return (f"{res['label']} ({res['db']}): {f['tables']} tables, ~{f['rows_estimate']:,} rows, "
             f"{f['data_bytes'] / MiB:,.0f} MB of table data, largest table {f['largest_table']} "
             f"{f['largest_share']:.0%}; {built}{extra}; oracle: {oracle}")

@@ -3,9 +3,9 @@ on a quiet machine, the target brought to the state a restore or diff expects, t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import datasets, measure, ours, reference
 from .context import DatasetRun

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from . import datasets, operations, ours
 from .context import DatasetRun
@@ -81,7 +81,7 @@ def _with_keys(run: DatasetRun, ops: list, skipped: dict) -> list:
 
 def start_worker(h: Harness, run: DatasetRun) -> Worker:
     t0 = time.monotonic()
-    w = Worker(run.ours_env(), cwd=run.dir, log=run.dir / "worker.log").wait_ready()
+    w = Worker(h.engine, run.ours_env(), cwd=run.dir, log=run.dir / "worker.log").wait_ready()
     run.worker_pid = w.pid
     t1 = time.monotonic()
     warm_up(h, run)

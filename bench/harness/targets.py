@@ -7,6 +7,7 @@ A target names an operation, a metric and a limit, on datasets of some kinds:
     worker_rss  peak RSS of any one worker pool process during op, MB (a queued job runs there)
     rss_ratio   peak RSS of op / that of ref
     cpu_work    median CPU-s of op (client + worker + server) / that of ref
+    extra_s     median time of op - that of ref, seconds (the queue's cost: queued against --local)
     oracle      the oracle's verdict on the target after op's last run: EQUAL
     changes     whether the diff found changed rows: "none" on the unchanged source, "some" on the changed target
 Between the smallest and the largest pgbench scale (GROWTH): time per row and peak RSS, largest / smallest.
@@ -53,6 +54,7 @@ TARGETS: tuple[Target, ...] = (
     Target(6, PG, "create_local", "time", 0.75, "pg_dump_fc"),
     Target(6, PG, "create_local", "size", 1.15, "pg_dump_fc"),
     Target(6, PG, "diff_unchanged_local", "time", 1.5, "create_local"),
+    Target(6, PG, "create_queued", "extra_s", 0.5, "create_local"),
     # Issue 19: rows of several MB in bounded memory (a single row's own size aside: see the dataset's line).
     *_each(19, ("wide",), CREATE + RESTORE, "rss", 150),
     *_each(19, ("wide",), ("create_queued", "restore_queued"), "worker_rss", 150),
@@ -97,5 +99,7 @@ def describe(t: Target) -> str:
         return f"finds {t.limit} changed"
     if t.metric in ("rss", "worker_rss"):
         return f"{'wrk ' if t.metric == 'worker_rss' else ''}rss<={t.limit:g}"
+    if t.metric == "extra_s":
+        return f"t<={SHORT.get(t.ref, t.ref)}+{t.limit:g}s"
     what = {"time": "t", "size": "size", "rss_ratio": "rss", "cpu_work": "cpu"}[t.metric]
     return f"{what}<={t.limit:g}x {SHORT.get(t.ref, t.ref)}"

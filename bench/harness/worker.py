@@ -13,13 +13,11 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import redis
-
 from procfs import children
 
 from .pg import HarnessError
@@ -59,17 +57,16 @@ class RedisDb:
 
 
 class Worker:
-    """`celery -A backup_tasks.celery_app worker` (what ./worker execs) in its own process group, importing
-    the engine's copy; run from the dataset's directory so no developer's .env is read."""
+    """The worker as ./worker starts it (Engine.worker_argv), in its own process group, importing the engine's
+    copy; run from the dataset's directory so no developer's .env is read."""
 
-    def __init__(self, env: dict, cwd: Path, log: Path, concurrency: int = 2):
+    def __init__(self, engine, env: dict, cwd: Path, log: Path, concurrency: int = 2):
         self.name = f"bench-{uuid.uuid4().hex[:8]}"
         self.log = log
-        argv = [sys.executable, "-m", "celery", "-A", "backup_tasks.celery_app", "worker", "-E", "--loglevel=INFO",
-                f"--concurrency={concurrency}", "-n", f"{self.name}@%h", "--without-mingle", "--without-gossip"]
-        self._log_file = open(log, "wb")
-        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self._log_file = open(log, "wb")  # noqa: SIM115 - the worker's output for its whole life; closed in stop()
+        self.proc = subprocess.Popen(engine.worker_argv(concurrency, self.name), cwd=cwd,
+                                     env={**env, "WORKER_CONCURRENCY": str(concurrency)}, stdout=self._log_file,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
         self.concurrency = concurrency
 
     @property
@@ -79,7 +76,7 @@ class Worker:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 60) -> "Worker":
+    def wait_ready(self, timeout: float = 60) -> Worker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             text = self.output()
