@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = header(opts, pg, engine, server)
         log(f"engine: copy of {opts.engine_from}/backup_tasks (git {engine.git['head']}, fingerprint "
             f"{engine.fingerprint}); features: {doc['engine']['features']}")
-        redis = RedisDb()
+        redis = RedisDb(log=log)
         h = Harness(opts, pg, engine, Quiet(max_wait_s=opts.wait_idle), work, log, redis, pg.postmaster_pid())
         make_warm_dbs(h)
         for ds in datasets.plan(opts):

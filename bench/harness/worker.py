@@ -29,15 +29,28 @@ CLAIM_KEY = "backup_tasks_bench:claimed_by"
 class RedisDb:
     """An empty Redis database (1-15) claimed with a key, the way tests/celery_worker.py claims one."""
 
-    def __init__(self) -> None:
+    def __init__(self, wait_s: float = 600.0, log=print) -> None:
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self.number = self._claim()
+        self.number = self._claim_waiting(wait_s, log)
         self.url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{self.number}"
+
+    def _claim_waiting(self, wait_s: float, log) -> int:
+        """Test sessions claim databases too (for up to an hour each): wait for one to be released."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            number = self._claim()
+            if number is not None:
+                return number
+            if time.monotonic() > deadline:
+                raise HarnessError(f"no empty Redis database (1-15) to claim for the benchmark's worker after "
+                                   f"{wait_s:.0f} s (test sessions hold them)")
+            log("every Redis database 1-15 is taken (test sessions); waiting for one")
+            time.sleep(15)
 
     def _client(self, n: int) -> redis.Redis:
         return redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=n, socket_connect_timeout=2)
 
-    def _claim(self) -> int:
+    def _claim(self) -> int | None:
         try:
             self._client(0).ping()
         except redis.RedisError as exc:
@@ -48,7 +61,7 @@ class RedisDb:
                 if r.dbsize() == 1:
                     return n
                 r.delete(CLAIM_KEY)
-        raise HarnessError("no empty Redis database (1-15) to claim for the benchmark's worker")
+        return None
 
     def release(self) -> None:
         r = self._client(self.number)
