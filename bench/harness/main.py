@@ -20,7 +20,7 @@ from .evaluate import evaluate_all
 from .pg import HarnessError, Pg
 from .quiet import Quiet
 from .session import Harness, bench_dataset, drop_warm_dbs, make_warm_dbs
-from .worker import RedisDb
+from .worker import broker
 
 
 def log(msg: str) -> None:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         doc = header(opts, pg, engine, server)
         log(f"engine: copy of {opts.engine_from}/backup_tasks (git {engine.git['head']}, fingerprint "
             f"{engine.fingerprint}); features: {doc['engine']['features']}")
-        redis = RedisDb(log=log)
+        redis = broker(opts.redis_wait, log)
         h = Harness(opts, pg, engine, Quiet(max_wait_s=opts.wait_idle), work, log, redis, pg.postmaster_pid())
         make_warm_dbs(h)
         for ds in datasets.plan(opts):

@@ -50,6 +50,7 @@ class Options:
     workdir: Path | None
     engine_from: Path
     db_tag: str
+    redis_wait: float
 
 
 def parser() -> argparse.ArgumentParser:
@@ -82,6 +83,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--workdir", type=Path, help="scratch directory (default: a temporary one, removed)")
     ap.add_argument("--db-tag", default="", help="put this in every database name (bench_TAG_...), so two runs on "
                     "one server, e.g. two engineers' smoke tests, never share a database")
+    ap.add_argument("--redis-wait", type=float, default=600.0, help="seconds to wait for a free Redis database "
+                    "(1-15) on 127.0.0.1:6379 before starting a private redis-server instead (default 600)")
     ap.add_argument("--engine-from", type=Path, default=REPO, help="the tree whose backup_tasks/ is copied and "
                     "measured (default: this checkout)")
     return ap
@@ -105,4 +108,4 @@ def parse(argv: list[str] | None = None) -> Options:
     scales = sorted(set(a.scale or [1 if a.quick else 20]))
     return Options(scales=scales, datasets=kinds, keep_db=a.keep_db, quick=a.quick, json=a.json,
                    timeout=a.timeout, only=only, pg_url=a.pg_url, workdir=a.workdir,
-                   engine_from=a.engine_from.resolve(), db_tag=a.db_tag, **sized)
+                   engine_from=a.engine_from.resolve(), db_tag=a.db_tag, redis_wait=a.redis_wait, **sized)

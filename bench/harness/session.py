@@ -18,7 +18,7 @@ from .oracle_check import Oracle
 from .pg import Pg
 from .quiet import Quiet
 from .runner import Runner
-from .worker import RedisDb, Worker
+from .worker import PrivateRedis, RedisDb, Worker
 
 
 @dataclass
@@ -29,7 +29,7 @@ class Harness:
     quiet: Quiet
     work: Path
     log: Callable[[str], None]
-    redis: RedisDb | None = None
+    redis: RedisDb | PrivateRedis | None = None
     postmaster_pid: int | None = None
 
     @property
@@ -85,7 +85,7 @@ def start_worker(h: Harness, run: DatasetRun) -> Worker:
     run.worker_pid = w.pid
     t1 = time.monotonic()
     warm_up(h, run)
-    h.log(f"worker for {run.ds.db}: 2 processes, Redis database {h.redis.number}; ready in {t1 - t0:.1f} s, "
+    h.log(f"worker for {run.ds.db}: 2 processes, {h.redis.where}; ready in {t1 - t0:.1f} s, "
           f"warmed up in {time.monotonic() - t1:.1f} s")
     return w
 
