@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     BACKUP_MAX_LINE_BYTES: int = Field(
         512 * 1024 * 1024, description="largest single row (as JSON) a restore accepts; bounds memory on hostile files"
     )
+    BACKUP_JOBS: int = Field(1, ge=1, le=64, description="parts of a backup written at once (1: one process)")
+    BACKUP_SPLIT_MIN_BYTES: int = Field(
+        128 * 1024 * 1024, ge=1024 * 1024,
+        description="a parallel backup splits tables bigger than this into page ranges of about half of it"
+    )
     BACKUP_BATCH_BYTES: int = Field(
         4 * 1024 * 1024, ge=64 * 1024,
         description="rows are fetched and written in batches of about this many bytes (at least one row)"

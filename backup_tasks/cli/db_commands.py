@@ -17,12 +17,15 @@ from .render import render_create, render_diff, render_diff_tables, render_resto
 @click.option("--output-dir", type=click.Path(file_okay=False), default=None,
               help="Directory for the backup (default BACKUP_DIR).")
 @click.option("--upload", is_flag=True, help="Upload the backup to S3 when it is written.")
+@click.option("--jobs", "-j", type=click.IntRange(1, 64), default=None, metavar="N",
+              help="Write the backup in N parts at once, in one snapshot (default BACKUP_JOBS): on the workers, "
+                   "or with --local in N local processes.")
 @database_option
 @job_options
-def create(output_dir, upload, database_url, local, no_wait):
+def create(output_dir, upload, jobs, database_url, local, no_wait):
     """Back up the database to a gzip JSON file."""
     click.echo("Creating database backup...")
-    kwargs = {"output_dir": output_dir, "database_url": database_url, "upload": upload}
+    kwargs = {"output_dir": output_dir, "database_url": database_url, "upload": upload, "jobs": jobs}
     result = run_job("create", kwargs, local=local, no_wait=no_wait)
     if result is not None:
         render_create(result)

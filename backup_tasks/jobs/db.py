@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 from typing import Any
 
 from ..core import calculate_diff, restore_backup, run_backup, verify_backup
+from ..core.parallel import PartRunner, ProcessRunner, run_parallel_backup
 from ..errors import NotFoundError, UsageError
 from ..names import is_backup_name
 from .. import dsn
@@ -53,9 +55,18 @@ def _target(database_url: str | None) -> dict[str, str]:
 
 @job("create")
 def create(*, progress: ProgressFn, output_dir: str | None = None, database_url: str | None = None,
-           upload: bool = False) -> dict[str, Any]:
-    out = Path(output_dir) if output_dir else get_settings().BACKUP_DIR
-    result = run_backup(out, database_url=_url(database_url), progress=progress, options=engine_options())
+           upload: bool = False, jobs: int | None = None, runner: PartRunner | None = None) -> dict[str, Any]:
+    """A backup; with jobs > 1 (default BACKUP_JOBS) written in parts at once, by `runner` (a Celery task passes
+    its workers) or by a pool of local processes."""
+    settings = get_settings()
+    out = Path(output_dir) if output_dir else settings.BACKUP_DIR
+    count = jobs or settings.BACKUP_JOBS
+    if count > 1:
+        runner = runner or ProcessRunner(count, out, secrets.token_hex(6))
+        result = run_parallel_backup(out, database_url=_url(database_url), runner=runner, progress=progress,
+                                     options=engine_options())
+    else:
+        result = run_backup(out, database_url=_url(database_url), progress=progress, options=engine_options())
     out = result.model_dump(mode="json")
     if upload:
         from .storage import upload as upload_job

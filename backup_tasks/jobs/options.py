@@ -14,6 +14,7 @@ def engine_options(settings: Settings | None = None) -> EngineOptions:
         compress_level=s.BACKUP_COMPRESSION_LEVEL,
         rebuild_indexes_min_rows=s.BACKUP_REBUILD_INDEXES_MIN_ROWS,
         batch_bytes=s.BACKUP_BATCH_BYTES,
+        split_min_bytes=s.BACKUP_SPLIT_MIN_BYTES,
     )
 
 
