@@ -31,7 +31,7 @@ from ..memory import pin_mmap_threshold
 from ..models import BackupResult, TableReport
 from ..pg.catalog import Table
 from ..pg.connection import connection, keep_alive
-from ..pg.snapshot import SnapshotInfo, export_snapshot, open_backup_snapshot, select_rows
+from ..pg.snapshot import SnapshotInfo, export_snapshot, is_small, open_backup_snapshot, select_rows
 from ..progress import Progress, ProgressFn, Throttle
 from .backup import (_prepare_directory, _publish, _write_sidecars, backup_metadata, manifest_of, metadata_document,
                      partial_path, table_header)
@@ -92,7 +92,8 @@ def plan_backup(cur, snap: SnapshotInfo, metadata: dict[str, Any], options: Engi
                 parts.append(PartSpec(len(parts), [Unit(RANGE, table.key, statement)], share))
             layout.append(("split", split))
             continue
-        group.append(Unit(TABLE, table.key, select_rows(table).as_string(cur), opening.decode()))
+        group.append(Unit(TABLE, table.key, select_rows(table).as_string(cur), opening.decode(),
+                          small=is_small(table, options.batch_bytes)))
         size += table.data_bytes
         if size >= target:
             close_group()

@@ -28,6 +28,7 @@ class Unit:
     statement: str | None = None  # the SELECT of its rows (TABLE, RANGE)
     opening: str | None = None  # TABLE: the table object's opening (archive/document.table_open), as text
     oids: tuple[int, int | None] | None = None  # OBJECTS: large objects with first <= oid < stop
+    small: bool = False  # read in one round trip (pg/snapshot.is_small)
 
 
 @dataclass
@@ -112,7 +113,8 @@ def _write_units(conn, spec: PartSpec, task: PartTask, stream: GzipStream, resul
         tick(rows, len(data))
 
     current = None
-    for i, batch, sizer in iter_batches(conn, [u.statement for u in selects], task.batch_bytes):
+    for i, batch, sizer in iter_batches(conn, [u.statement for u in selects], task.batch_bytes,
+                                        [u.small for u in selects]):
         unit = selects[i]
         if unit is not current:
             current = unit
