@@ -211,7 +211,9 @@ class Pairing:
     def __init__(self, keys: RowKeys, tag: int, file_totals: list[int], db_totals: list[int]):
         self._keys, self._tag = keys, tag
         self._totals = (file_totals, db_totals)
-        self._pending = [b"", b""]  # whole lines of each side not paired yet
+        # Whole lines of each side not paired yet: buf[off:] (an offset, not a copy, as blocks are consumed).
+        self._buf = [b"", b""]
+        self._off = [0, 0]
         self.ended = [False, False]
         self.read = [0, 0]  # bytes added per side
         self._lines = self._unpaired = 0  # lines compared one by one, and how many of those went to the join
@@ -223,9 +225,13 @@ class Pairing:
     def add(self, side: int, text: bytes) -> bytes:
         """Rows of one side (COPY text lines); returns the fingerprint rows to load, if any."""
         self.read[side] += len(text)
-        if not self.pairing or (self.ended[1 - side] and not self._pending[1 - side]):
+        if not self.pairing or (self.ended[1 - side] and not self._left(1 - side)):
             return self._fingerprint(side, text)
-        self._pending[side] = self._pending[side] + text if self._pending[side] else text
+        if self._left(side):
+            self._buf[side] = self._buf[side][self._off[side]:] + text
+        else:
+            self._buf[side] = text
+        self._off[side] = 0
         return self._pair()
 
     def end(self, side: int) -> bytes:
@@ -235,28 +241,43 @@ class Pairing:
         out = self._pair() if self.pairing else b""
         return out + self._leftovers()
 
+    def _left(self, side: int) -> int:
+        return len(self._buf[side]) - self._off[side]
+
+    def _take(self, side: int) -> bytes:
+        text = self._buf[side][self._off[side]:] if self._off[side] else self._buf[side]
+        self._buf[side], self._off[side] = b"", 0
+        return text
+
     def _leftovers(self) -> bytes:
         out = []
         for side in (0, 1):
-            other = 1 - side
-            if self.ended[other] and not self._pending[other] and self._pending[side]:
-                out.append(self._fingerprint(side, self._pending[side]))
-                self._pending[side] = b""
+            if self.ended[1 - side] and not self._left(1 - side) and self._left(side):
+                out.append(self._fingerprint(side, self._take(side)))
         return b"".join(out)
 
     def _pair(self) -> bytes:
-        a, b = self._pending
-        n = min(len(a), len(b))
-        if a[:n] == b[:n]:  # both hold whole lines: the shorter is a prefix of the longer at a line boundary
-            self._pending = [a[n:], b[n:]]
+        na, nb = self._left(0), self._left(1)
+        if not (na and nb):
             return self._leftovers()
-        left, out = self._pair_lines(a.split(b"\n")[:-1], b.split(b"\n")[:-1])
-        self._pending = left
+        if self._same_prefix(min(na, nb)):  # whole lines both: the shorter ends at a line boundary of the longer
+            self._off[0] += min(na, nb)
+            self._off[1] += min(na, nb)
+            return self._leftovers()
+        left, out = self._pair_lines(self._take(0).split(b"\n")[:-1], self._take(1).split(b"\n")[:-1])
+        self._buf = left
         if self._lines >= GIVE_UP_LINES and self._unpaired * 2 > self._lines:
             self.pairing = False  # another order altogether: everything goes to the join from here on
-            out += self._fingerprint(0, left[0]) + self._fingerprint(1, left[1])
-            self._pending = [b"", b""]
+            out += self._fingerprint(0, self._take(0)) + self._fingerprint(1, self._take(1))
         return out + self._leftovers()
+
+    def _same_prefix(self, n: int) -> bool:
+        """The next n bytes of both sides are equal: one memcmp (startswith at an offset copies neither buffer,
+        except the shorter side's remainder when both sides are part-way through a buffer)."""
+        (a, b), (oa, ob) = self._buf, self._off
+        if len(a) - oa == n:
+            return b.startswith(a if oa == 0 else a[oa:], ob)
+        return a.startswith(b if ob == 0 else b[ob:], oa)
 
     def _pair_lines(self, la: list[bytes], lb: list[bytes]) -> tuple[list[bytes], bytes]:
         """Walk both sides' lines: equal ones are paired, a difference is resolved by a look ahead. Returns each
@@ -286,7 +307,7 @@ class Pairing:
             j += 1
         self._lines += i
         self._unpaired += max(len(lost_a), len(lost_b))
-        left = [b"".join(x + b"\n" for x in la[i:]), b"".join(x + b"\n" for x in lb[j:])]
+        left = [b"\n".join(la[i:]) + b"\n" if i < na else b"", b"\n".join(lb[j:]) + b"\n" if j < nb else b""]
         return left, (self._keys.line_fingerprints(lost_a, self._tag, self._totals[0])
                       + self._keys.line_fingerprints(lost_b, self._tag + 1, self._totals[1]))
 
