@@ -28,7 +28,6 @@ READ_SIZE = 512 << 10
 # read usually completes a block: with equal sizes every block needed a second chunk, and the search for the
 # table's end scanned the first one again.
 BATCH_BYTES = 384 << 10
-GENERIC_BATCH_ROWS = 2000
 # The layout is detected from the first line, read up to this many bytes. A longer first line (a huge metadata
 # table of contents, or a whole single-line document) is read by the generic parser instead, which is always
 # correct: the line layout is valid JSON. Bounds the memory spent on detection.
@@ -460,19 +459,22 @@ class BackupReader:
 
     # -- tables --------------------------------------------------------------------------------------
     def tables(self) -> Iterator[TableRows]:
-        if not self._fast:
-            yield from self._generic.tables(_check_rows)
-            meta = self._generic.metadata
-            if self.metadata is None:
-                if meta is None:
-                    raise _bad(f"{self.path.name} has no `metadata`")
-                self.metadata = _validate_metadata(meta, self.path.name)
-            self.finished = True
-            return
+        """Each table (and the large objects' section) in file order; iterate each one's batches() fully (or
+        not at all) before asking for the next."""
+        yield from (self._fast_tables() if self._fast else self._generic_tables())
+        self.finished = True
+
+    def _generic_tables(self) -> Iterator[TableRows]:
+        yield from self._generic.tables(_check_rows)
+        meta = self._generic.metadata
+        if self.metadata is None:
+            if meta is None:
+                raise _bad(f"{self.path.name} has no `metadata`")
+            self.metadata = _validate_metadata(meta, self.path.name)
+
+    def _fast_tables(self) -> Iterator[TableRows]:
         lines = self._lines
-        assert lines is not None
-        more = True
-        first = True
+        more, first = True, True
         while True:
             line = lines.readline()
             if line is None:
@@ -485,26 +487,32 @@ class BackupReader:
                 break
             if not more:
                 raise _bad(f"{self.path.name}: tables are not separated as JSON requires")
-            if not line.endswith(_DATA_OPEN):
-                raise _bad(f"{self.path.name}: unexpected content where a table should start")
-            try:
-                obj = orjson.loads(b"{" + line + b"]}}")
-            except orjson.JSONDecodeError:
-                raise _bad(f"{self.path.name}: a table header is not valid JSON") from None
-            if not isinstance(obj, dict) or len(obj) != 1:
-                raise _bad(f"{self.path.name}: a table header is not valid JSON")
-            (key, value), = obj.items()
-            if "row_count" in value:
-                raise _bad(f"{self.path.name}: table {key!r} has fields after its data")
-            header = self._new_table_header(key, value)
+            header = self._header_line(line)
             state = {"more": False}
             yield TableRows(header, self._fast_batches(header, state))
             if state.get("done") is not True:
                 # The consumer stopped early; skip to the end of this table so the next header lines up.
                 for _ in self._fast_batches(header, state):
                     pass
-            more = state["more"]
-            first = False
+            more, first = state["more"], False
+        self._expect_end()
+
+    def _header_line(self, line: bytes) -> TableHeader:
+        if not line.endswith(_DATA_OPEN):
+            raise _bad(f"{self.path.name}: unexpected content where a table should start")
+        try:
+            obj = orjson.loads(b"{" + line + b"]}}")
+        except orjson.JSONDecodeError:
+            raise _bad(f"{self.path.name}: a table header is not valid JSON") from None
+        if not isinstance(obj, dict) or len(obj) != 1:
+            raise _bad(f"{self.path.name}: a table header is not valid JSON")
+        (key, value), = obj.items()
+        if "row_count" in value:
+            raise _bad(f"{self.path.name}: table {key!r} has fields after its data")
+        return self._new_table_header(key, value)
+
+    def _expect_end(self) -> None:
+        lines = self._lines
         while True:
             if lines.buf[lines.pos:].strip():
                 raise _bad(f"{self.path.name} has data after the end of the document")
@@ -512,7 +520,6 @@ class BackupReader:
             lines.pos = len(lines.buf)
             if not lines.fill(READ_SIZE):
                 break
-        self.finished = True
 
     def _fast_large_objects(self, line: bytes) -> Iterator[TableRows]:
         """The `large_objects` section after the tables: its header line, its chunk rows, then the document's end."""
