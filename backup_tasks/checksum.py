@@ -9,6 +9,7 @@ from pathlib import Path
 from . import names
 
 CHUNK = 1024 * 1024
+SIDECAR_BYTES = 4096
 
 
 def sidecar_path(path: Path) -> Path:
@@ -36,16 +37,25 @@ def write_sidecar(path: Path, digest: str) -> Path:
 
 
 def read_sidecar(path: Path) -> str | None:
-    """The recorded digest for `path`, or None when no sidecar exists or it is unreadable."""
+    """The recorded digest for `path`, or None when no sidecar exists or it is unreadable.
+
+    Reads at most SIDECAR_BYTES: a sidecar is one `sha256sum` line, so a larger file with its name is not one."""
     side = sidecar_path(path)
     try:
-        text = side.read_text(encoding="ascii").strip()
+        with open(side, "rb") as f:
+            data = f.read(SIDECAR_BYTES + 1)
+        text = data.decode("ascii").strip()
     except (OSError, UnicodeDecodeError):
         return None
+    if len(data) > SIDECAR_BYTES:
+        return None
     digest = text.split()[0] if text else ""
-    if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest):
-        return digest
-    return None
+    return digest if is_digest(digest) else None
+
+
+def is_digest(value: object) -> bool:
+    """A SHA-256 as this tool records it: 64 lowercase hex digits."""
+    return isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def check_recorded(path: Path) -> str | None:

@@ -4,8 +4,11 @@ No I/O here: the cleanup job lists a storage, asks apply_policy, and deletes wha
 just not doing the last step, and every decision can be explained.
 
 Rules (a backup is kept if any rule keeps it):
-- the newest `min_count` backups are always kept, whatever their age (min_count >= 1, so if backups have been
-  failing for a week, the last good one still stays);
+- the newest backup whose checksum verifies is always kept: the cleanup job checks checksums newest-first, stops
+  at the first that verifies, and passes what it found as `verified` (a week of truncated or corrupt files never
+  deletes the last one that restores). When no backup verifies, nothing is deleted at all: which of them would
+  restore is unknown, and deleting is the one step that cannot be undone;
+- the newest `min_count` backups are always kept, whatever their age (min_count >= 1);
 - backups created within the last `days` days are kept;
 - grandfather-father-son: the newest backup of each of the newest `keep_daily` days, `keep_weekly` ISO weeks
   and `keep_monthly` months that have a backup (as restic counts: days without a backup do not use up a slot).
@@ -52,6 +55,22 @@ class RetentionPolicy:
 
 
 @dataclass(frozen=True)
+class Verified:
+    """What the cleanup job found checking checksums newest-first: the newest backup whose checksum verifies (None:
+    none does), and why each newer one did not. The checking is I/O, so it happens outside apply_policy."""
+
+    newest: str | None
+    failed: dict[str, str] = field(default_factory=dict)  # newer backups that did not verify -> why
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"newest": self.newest, "failed": self.failed}
+
+
+NEWEST_VERIFIED = "newest backup whose checksum verifies"
+NONE_VERIFIED = "no backup's checksum verifies: nothing is deleted until one does"
+
+
+@dataclass(frozen=True)
 class RetentionDecision:
     keep: list[BackupInfo]  # newest first
     delete: list[BackupInfo]  # newest first
@@ -74,7 +93,10 @@ _GFS: list[tuple[str, str, Callable[[datetime], str]]] = [
 ]
 
 
-def apply_policy(backups: list[BackupInfo], policy: RetentionPolicy, now: datetime) -> RetentionDecision:
+def apply_policy(backups: list[BackupInfo], policy: RetentionPolicy, now: datetime,
+                 verified: Verified | None = None) -> RetentionDecision:
+    """Keep, delete and why. `verified` is what the caller learned about checksums; None means they were not
+    checked (the calendar rules alone, for tests and what-ifs): a caller that deletes passes it."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=timezone.utc)
     candidates, ignored = [], []
@@ -85,10 +107,28 @@ def apply_policy(backups: list[BackupInfo], policy: RetentionPolicy, now: dateti
         else:
             candidates.append((parsed, b))
     candidates.sort(key=lambda c: c[0], reverse=True)  # newest first; the sequence breaks same-second ties
-    reasons: dict[str, list[str]] = {b.name: [] for _, b in candidates}
+    reasons = _keep_reasons(candidates, policy, now, verified)
 
+    keep, delete = [], []
+    for (created, _), b in candidates:
+        if reasons[b.name]:
+            keep.append(b)
+        else:
+            delete.append(b)
+            reasons[b.name].append(f"older than {policy.days} days ({_age(now - created)} old), kept by no rule")
+        if verified is not None and b.name in verified.failed:  # a note, never a reason to keep
+            reasons[b.name].append(f"checksum does not verify: {verified.failed[b.name]}")
+    return RetentionDecision(keep=keep, delete=delete, reasons=reasons, ignored=ignored)
+
+
+def _keep_reasons(candidates: list, policy: RetentionPolicy, now: datetime,
+                  verified: Verified | None) -> dict[str, list[str]]:
+    reasons: dict[str, list[str]] = {b.name: [] for _, b in candidates}
     for i, (_, b) in enumerate(candidates[: policy.min_count]):
         reasons[b.name].append("newest backup" if i == 0 else f"one of the newest {policy.min_count}")
+    good = verified is not None and verified.newest in reasons
+    if good:
+        reasons[verified.newest].append(NEWEST_VERIFIED)
 
     cutoff = now - timedelta(days=policy.days)
     for (created, _), b in candidates:
@@ -105,14 +145,11 @@ def apply_policy(backups: list[BackupInfo], policy: RetentionPolicy, now: dateti
                 seen.add(bucket)
                 reasons[b.name].append(f"{label} {bucket} ({len(seen)}/{limit})")
 
-    keep, delete = [], []
-    for (created, _), b in candidates:
-        if reasons[b.name]:
-            keep.append(b)
-        else:
-            delete.append(b)
-            reasons[b.name].append(f"older than {policy.days} days ({_age(now - created)} old), kept by no rule")
-    return RetentionDecision(keep=keep, delete=delete, reasons=reasons, ignored=ignored)
+    if verified is not None and not good:  # none verifies (or the one named is not among these backups)
+        for names in reasons.values():
+            if not names:
+                names.append(NONE_VERIFIED)
+    return reasons
 
 
 def _age(delta: timedelta) -> str:

@@ -7,7 +7,14 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from backup_tasks.names import make_name
-from backup_tasks.retention import RetentionDecision, RetentionPolicy, apply_policy
+from backup_tasks.retention import (
+    NEWEST_VERIFIED,
+    NONE_VERIFIED,
+    RetentionDecision,
+    RetentionPolicy,
+    Verified,
+    apply_policy,
+)
 from backup_tasks.settings import Settings
 from backup_tasks.storage.base import BackupInfo
 
@@ -165,3 +172,55 @@ def test_policy_from_settings():
         _env_file=None,
     )
     assert RetentionPolicy.from_settings(s) == RetentionPolicy(14, 2, 7, 4, 12)
+
+
+# --- the newest backup whose checksum verifies (issue 13 item 7) -------------------------------------------------
+
+
+def test_a_week_of_corrupt_backups_never_deletes_the_last_one_that_verifies():
+    # Daily backups until 24 days ago verify; the week after them (23..17 days ago) does not.
+    good = daily(40, 24)  # newest first, as in every listing
+    bad = daily(23, 17)
+    failed = {b.name: "SHA-256 differs from the recorded one" for b in bad}
+    verified = Verified(newest=good[0].name, failed=failed)
+
+    decision = apply_policy(good + bad, RetentionPolicy(days=7, min_count=1), NOW, verified)
+
+    assert names(decision.keep) == [bad[0].name, good[0].name]
+    assert decision.reasons[good[0].name] == [NEWEST_VERIFIED]
+    assert decision.reasons[bad[0].name] == ["newest backup", "checksum does not verify: SHA-256 differs from the "
+                                             "recorded one"]
+    # A failed check is a note on the decision, never a reason to keep.
+    assert decision.reasons[bad[-1].name] == ["older than 7 days (23 days old), kept by no rule",
+                                              "checksum does not verify: SHA-256 differs from the recorded one"]
+    assert len(decision.delete) == len(good) - 1 + len(bad) - 1
+
+
+def test_the_newest_backup_that_verifies_may_also_be_kept_by_other_rules():
+    backups = daily(3, 0)
+    decision = apply_policy(backups, RetentionPolicy(days=7), NOW, Verified(newest=backups[0].name))
+    assert decision.reasons[backups[0].name] == ["newest backup", NEWEST_VERIFIED, "within 7 days"]
+    assert decision.delete == []
+
+
+def test_nothing_is_deleted_when_no_backup_verifies():
+    backups = daily(60, 20)
+    failed = {b.name: "no SHA-256 recorded" for b in backups}
+    decision = apply_policy(backups, RetentionPolicy(days=7, min_count=2), NOW, Verified(newest=None, failed=failed))
+
+    assert decision.delete == [] and len(decision.keep) == len(backups)
+    newest, third = sorted(names(backups), reverse=True)[0], sorted(names(backups), reverse=True)[2]
+    assert decision.reasons[newest] == ["newest backup", "checksum does not verify: no SHA-256 recorded"]
+    assert decision.reasons[third] == [NONE_VERIFIED, "checksum does not verify: no SHA-256 recorded"]
+
+
+def test_a_verified_name_that_is_not_among_the_backups_deletes_nothing():
+    backups = daily(30, 20)
+    decision = apply_policy(backups, RetentionPolicy(days=7), NOW, Verified(newest=make_name(NOW)))
+    assert decision.delete == []
+
+
+def test_without_verification_the_calendar_rules_alone_apply():
+    backups = daily(30, 9)
+    assert apply_policy(backups, RetentionPolicy(), NOW) == apply_policy(backups, RetentionPolicy(), NOW, None)
+    assert Verified("x", {"y": "z"}).to_dict() == {"newest": "x", "failed": {"y": "z"}}

@@ -34,29 +34,52 @@ def _print_backups(result: dict[str, Any]) -> None:
     if not backups:
         click.echo(f"No backups in {where}.")
         return
+    # A listing without details (list-s3's default) has no migration versions or checksums: one request in all.
+    details = result.get("details", True)
     click.echo(f"{len(backups)} backup{'s' if len(backups) != 1 else ''} in {where} (newest first):")
     width = max(len(b["name"]) for b in backups)
-    click.echo(f"  {'NAME':<{width}}  {'SIZE':>10}  {'CREATED (UTC)':<19}  MIGRATION")
+    extra = "  MIGRATION" if details else ""
+    long_s3 = details and result.get("location") == "s3"
+    click.echo(f"  {'NAME':<{width}}  {'SIZE':>10}  {'CREATED (UTC)':<19}" + ("  SHA256      " if long_s3 else "")
+               + extra)
     for b in backups:
         created = datetime.fromisoformat(b["created_at"]).strftime("%Y-%m-%d %H:%M:%S")
-        version = b["migration_version"] or "-"
-        click.echo(f"  {b['name']:<{width}}  {_size(b['size']):>10}  {created:<19}  {version}")
+        line = f"  {b['name']:<{width}}  {_size(b['size']):>10}  {created:<19}"
+        if long_s3:
+            line += f"  {(b['sha256'] or 'none')[:12]:<12}"
+        if details:
+            line += f"  {_version(b)}"
+        click.echo(line)
+    if not details:
+        click.echo("Migration versions and recorded checksums: `backupctl list-s3 --long` (one request per backup).")
+
+
+def _version(b: dict[str, Any]) -> str:
+    if b.get("unreadable"):
+        return f"? (unreadable: {b['unreadable']})"
+    return b["migration_version"] or "-"
 
 
 @cli.command("list")
 @job_options
 def list_cmd(local: bool, no_wait: bool) -> None:
-    """List local backups (BACKUP_DIR), newest first."""
+    """List local backups (BACKUP_DIR), newest first, with the migration version read from each file's head
+    (a file whose head cannot be read is shown as unreadable, with the reason)."""
     result = run_job("list_local", {}, local=local, no_wait=no_wait)
     if result is not None:
         _print_backups(result)
 
 
 @cli.command("list-s3")
+@click.option("--long", "-l", "long_", is_flag=True,
+              help="Also show each backup's recorded SHA-256 and migration version (one HEAD request per backup).")
 @job_options
-def list_s3_cmd(local: bool, no_wait: bool) -> None:
-    """List backups in S3 (S3_BUCKET_NAME/S3_PREFIX), newest first."""
-    result = run_job("list_s3", {}, local=local, no_wait=no_wait)
+def list_s3_cmd(long_: bool, local: bool, no_wait: bool) -> None:
+    """List backups in S3 (S3_BUCKET_NAME/S3_PREFIX), newest first: name, size, creation time.
+
+    One ListObjectsV2 request per 1,000 backups; --long adds the metadata recorded at upload, at the cost of a
+    request per backup (seconds for thousands of backups on a real S3)."""
+    result = run_job("list_s3", {"long": True} if long_ else {}, local=local, no_wait=no_wait)
     if result is not None:
         _print_backups(result)
 
@@ -130,7 +153,10 @@ def restore_s3_cmd(
 @click.option("--target", type=click.Choice(["local", "s3", "all"]), default="all", show_default=True)
 @job_options
 def cleanup_cmd(dry_run: bool, target: str, local: bool, no_wait: bool) -> None:
-    """Apply the retention policy (BACKUP_RETENTION_*, BACKUP_KEEP_*) to local backups and S3."""
+    """Apply the retention policy (BACKUP_RETENTION_*, BACKUP_KEEP_*) to local backups and S3.
+
+    The newest backup whose checksum verifies is always kept (checked newest-first, stopping at the first that
+    does); when none verifies, nothing is deleted."""
     result = run_job("cleanup", {"dry_run": dry_run, "target": target}, local=local, no_wait=no_wait)
     if result is None:
         return
@@ -140,6 +166,8 @@ def cleanup_cmd(dry_run: bool, target: str, local: bool, no_wait: bool) -> None:
             click.echo(f"{kind}: skipped ({loc['skipped']})")
             continue
         click.echo(f"{kind} ({loc['where']}): keep {len(loc['keep'])}, delete {len(loc['delete'])}")
+        if "verified" in loc and loc["verified"]["newest"] is None and (loc["keep"] or loc["delete"]):
+            click.echo("  no backup's checksum verifies: nothing is deleted here until one does")
         verb = "would delete" if dry_run else "deleted"
         for name in loc["delete"]:
             status = f"FAILED ({loc['errors'][name]})" if name in loc["errors"] else verb

@@ -11,15 +11,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..archive.header import read_migration_version
 from ..checksum import read_sidecar
-from ..errors import UsageError
+from ..errors import BackupError, InvalidBackupError, UsageError
 from ..names import validate_name
 from ..progress import ProgressFn, no_progress
 from ..retention import RetentionPolicy, apply_policy
 from ..settings import get_settings
-from ..storage.base import BackupInfo
+from ..storage.base import BackupInfo, Storage
 from ..storage.factory import local_storage, s3_storage
 from . import job
+from .listing import newest_verified, with_migration_versions
 
 TARGETS = ("local", "s3", "all")
 
@@ -32,19 +34,29 @@ def info_dict(info: BackupInfo) -> dict[str, Any]:
         "sha256": info.sha256,
         "migration_version": info.migration_version,
         "location": info.location,
+        "sidecars": sorted(info.sidecars),
+        "unreadable": info.unreadable,
     }
+
+
+def _listing(storage: Storage, backups: list[BackupInfo], details: bool) -> dict[str, Any]:
+    return {"location": storage.kind, "where": storage.location(), "details": details,
+            "backups": [info_dict(i) for i in backups]}
 
 
 @job("list_local")
 def list_local(*, progress: ProgressFn = no_progress) -> dict[str, Any]:
     storage = local_storage()
-    return {"location": "local", "where": str(storage.root), "backups": [info_dict(i) for i in storage.list()]}
+    # Each file's head is read (bounded) for its migration version: a local open costs next to nothing.
+    return _listing(storage, with_migration_versions(storage, storage.list()), True)
 
 
 @job("list_s3")
-def list_s3(*, progress: ProgressFn = no_progress) -> dict[str, Any]:
+def list_s3(*, long: bool = False, progress: ProgressFn = no_progress) -> dict[str, Any]:
+    """One ListObjectsV2 request per 1,000 keys; `long` adds a HEAD per backup for its metadata (checksum and
+    migration version recorded at upload)."""
     storage = s3_storage()
-    return {"location": "s3", "where": storage.url(), "backups": [info_dict(i) for i in storage.list()]}
+    return _listing(storage, storage.list(details=long), long)
 
 
 @job("upload")
@@ -55,8 +67,17 @@ def upload(*, file: str, progress: ProgressFn = no_progress, allow_paths: bool =
     validate_name(path.name)  # the object is stored under the file's own name
     storage = s3_storage()
     # The local file is only read: a failed upload leaves it exactly as it was.
-    info = storage.put(path, progress=progress)
+    info = storage.put(path, progress=progress, migration_version=_migration_version(path))
     return {**info_dict(info), "source": str(path), "url": storage.url(info.name)}
+
+
+def _migration_version(path: Path) -> str | None:
+    """The version to record with an upload; a file whose head cannot be read is still uploaded, without one."""
+    try:
+        with open(path, "rb") as stream:
+            return read_migration_version(stream)
+    except (InvalidBackupError, OSError):
+        return None
 
 
 @job("download")
@@ -128,15 +149,21 @@ def cleanup(*, dry_run: bool = False, target: str = "all", progress: ProgressFn 
     elif target == "all":
         locations["s3"] = {"skipped": "S3_BUCKET_NAME is not set"}
     for storage in storages:
-        decision = apply_policy(storage.list(), policy, now)
-        deleted, errors = [], {}
-        if not dry_run:
-            for b in decision.delete:
-                try:
-                    storage.delete(b.name)  # removes the sidecar / recorded checksum with it
-                    deleted.append(b.name)
-                except Exception as exc:  # one stuck file must not stop the rest; reported below
-                    errors[b.name] = getattr(exc, "message", None) or type(exc).__name__
-        where = str(storage.root) if storage.kind == "local" else storage.url()
-        locations[storage.kind] = {"where": where, **decision.to_dict(), "deleted": deleted, "errors": errors}
+        locations[storage.kind] = _apply(storage, policy, now, dry_run)
     return {"dry_run": dry_run, "policy": policy.to_dict(), "locations": locations}
+
+
+def _apply(storage: Storage, policy: RetentionPolicy, now: datetime, dry_run: bool) -> dict[str, Any]:
+    backups = storage.list()
+    verified = newest_verified(storage, backups)
+    decision = apply_policy(backups, policy, now, verified)
+    deleted, errors = [], {}
+    if not dry_run:
+        for b in decision.delete:
+            try:
+                storage.delete(b.name)  # removes the sidecars / recorded checksum with it
+                deleted.append(b.name)
+            except BackupError as exc:  # one stuck file must not stop the rest; reported by the caller
+                errors[b.name] = exc.message
+    return {"where": storage.location(), **decision.to_dict(), "verified": verified.to_dict(),
+            "deleted": deleted, "errors": errors}

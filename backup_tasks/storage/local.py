@@ -1,4 +1,4 @@
-"""Backups in a local directory (BACKUP_DIR), each with a `<name>.sha256` sidecar."""
+"""Backups in a local directory (BACKUP_DIR): each `<name>` with its `<name>.sha256` and other sidecars next to it."""
 
 from __future__ import annotations
 
@@ -9,24 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from ..checksum import CHUNK, read_sidecar, sha256_file, sidecar_path, write_sidecar
+from ..checksum import CHUNK, read_sidecar, sha256_file, write_sidecar
 from ..errors import IntegrityError, NotFoundError, StorageError
-from ..names import parse_name, validate_name
+from ..names import SIDECARS, parse_name, parse_sidecar, sidecar_path, validate_name
 from ..progress import Progress, ProgressFn, Throttle
-from .base import BackupInfo
-
-
-def header_migration_version(path: Path) -> str | None:
-    """The migration version recorded in the backup's own header, or None if it cannot be read.
-
-    Listing must keep working on a damaged or foreign-format file, so every failure here means "unknown".
-    """
-    try:
-        from ..archive.reader import read_metadata
-
-        return read_metadata(path).migration_version
-    except Exception:
-        return None
+from .base import CALLER_SIDECARS, SIDECAR_MAX_BYTES, BackupInfo, Verification, caller_sidecar_name, check_sidecar_size
 
 
 @contextlib.contextmanager
@@ -34,7 +21,7 @@ def atomic_target(dest: Path) -> Iterator[Path]:
     """A temp file next to `dest` that becomes `dest` only if the block succeeds; removed otherwise.
 
     So a reader never sees a half-written or unverified file under a backup name. The temp name starts with
-    a dot and ends in `.part`, which is never a backup name, so a crash leaves nothing that list() reports.
+    a dot and ends in `.part`, which is never a backup or sidecar name, so a crash leaves nothing list() reports.
     """
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
     os.close(fd)
@@ -45,6 +32,40 @@ def atomic_target(dest: Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_small(dest: Path, data: bytes) -> None:
+    """Write a sidecar's bytes under `dest` atomically and durably."""
+    with atomic_target(dest) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_small(path: Path) -> bytes | None:
+    """A sidecar's bytes (at most SIDECAR_MAX_BYTES, else StorageError), or None when there is none."""
+    try:
+        with open(path, "rb") as f:
+            check_sidecar_size(path.name, os.fstat(f.fileno()).st_size, reading=True)
+            data = f.read(SIDECAR_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StorageError(f"cannot read {path}: {exc.strerror}", hint="Check BACKUP_DIR's permissions.") from exc
+    check_sidecar_size(path.name, len(data), reading=True)  # grew while read
+    return data
+
+
+def copy_sidecars(src: Path, dest: Path) -> set[str]:
+    """Copy the CALLER_SIDECARS present next to backup `src` to sit next to `dest`; the kinds copied."""
+    copied = set()
+    for kind in CALLER_SIDECARS:
+        data = read_small(sidecar_path(src, kind))
+        if data is not None:
+            write_small(sidecar_path(dest, kind), data)
+            copied.add(kind)
+    return copied
 
 
 def copy_verified(
@@ -82,6 +103,9 @@ class LocalStorage:
     def __repr__(self) -> str:
         return f"LocalStorage({str(self.root)!r})"
 
+    def location(self) -> str:
+        return str(self.root)
+
     def _path(self, name: str) -> Path:
         return self.root / validate_name(name)
 
@@ -93,39 +117,47 @@ class LocalStorage:
             )
         return path
 
-    def list(self) -> list[BackupInfo]:
+    def _failed(self, what: str, exc: OSError) -> StorageError:
+        return StorageError(f"cannot {what} in {self.root}: {exc.strerror}", hint="Check BACKUP_DIR.")
+
+    def list(self, details: bool = False) -> list[BackupInfo]:
         try:
             entries = list(os.scandir(self.root))
         except FileNotFoundError:
             return []
         except OSError as exc:
             raise StorageError(f"cannot read {self.root}: {exc.strerror}", hint="Check BACKUP_DIR.") from exc
-        infos = []
+        sidecars: dict[str, set[str]] = {}
         for entry in entries:
-            parsed = parse_name(entry.name)
-            if parsed is None or not entry.is_file():
-                continue
-            path = Path(entry.path)
-            infos.append(
-                BackupInfo(
-                    name=entry.name,
-                    size=entry.stat().st_size,
-                    created_at=parsed[0],
-                    sha256=read_sidecar(path),
-                    migration_version=header_migration_version(path),
-                    location=self.kind,
-                )
-            )
+            if (side := parse_sidecar(entry.name)) is not None:
+                sidecars.setdefault(side[0], set()).add(side[1])
+        infos = [
+            self._info(entry, frozenset(sidecars.get(entry.name, ())))
+            for entry in entries
+            if parse_name(entry.name) is not None and entry.is_file()
+        ]
         return sorted(infos, key=lambda i: parse_name(i.name), reverse=True)
 
-    def put(self, local_path: Path, progress: ProgressFn | None = None) -> BackupInfo:
+    def _info(self, entry: os.DirEntry, sidecars: frozenset[str]) -> BackupInfo:
+        created = parse_name(entry.name)[0]
+        try:
+            size = entry.stat().st_size
+        except OSError as exc:  # listed, not hidden: retention and `list` show it as unreadable
+            return BackupInfo(entry.name, 0, created, location=self.kind, sidecars=sidecars,
+                              unreadable=f"cannot stat: {exc.strerror}")
+        sha256 = read_sidecar(Path(entry.path)) if "sha256" in sidecars else None
+        return BackupInfo(entry.name, size, created, sha256, None, self.kind, sidecars)
+
+    def put(self, local_path: Path, progress: ProgressFn | None = None,
+            migration_version: str | None = None) -> BackupInfo:
         src = Path(local_path)
         name = validate_name(src.name)
         dest = self._path(name)
         recorded = read_sidecar(src)
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            if dest.exists() and dest.samefile(src):
+            in_place = dest.exists() and dest.samefile(src)
+            if in_place:
                 # Already in place (a backup written straight into BACKUP_DIR): record a checksum if none exists.
                 digest = sha256_file(src)
                 if recorded is not None and digest != recorded:
@@ -133,13 +165,19 @@ class LocalStorage:
             else:
                 with open(src, "rb") as f:
                     digest = copy_verified(f, dest, recorded, src.stat().st_size, "upload", progress)
+            # The checksum before the other sidecars: a crash in between leaves a backup that verifies.
             write_sidecar(dest, digest)
+            if in_place:
+                kinds = {k for k in CALLER_SIDECARS if sidecar_path(dest, k).is_file()}
+            else:
+                kinds = copy_sidecars(src, dest)
             size = dest.stat().st_size
         except FileNotFoundError as exc:
             raise NotFoundError(f"file not found: {src}") from exc
         except OSError as exc:
-            raise StorageError(f"cannot store {name} in {self.root}: {exc.strerror}", hint="Check BACKUP_DIR.") from exc
-        return BackupInfo(name, size, parse_name(name)[0], digest, header_migration_version(dest), self.kind)
+            raise self._failed(f"store {name}", exc) from exc
+        created = parse_name(name)[0]
+        return BackupInfo(name, size, created, digest, migration_version, self.kind, frozenset({"sha256", *kinds}))
 
     def get(self, name: str, dest_dir: Path, progress: ProgressFn | None = None) -> Path:
         src = self._existing(name)
@@ -157,24 +195,55 @@ class LocalStorage:
                 copy_verified(f, dest, recorded, src.stat().st_size, "download", progress)
             if recorded is not None:
                 write_sidecar(dest, recorded)
+            copy_sidecars(src, dest)
         except OSError as exc:
             raise StorageError(f"cannot copy {name} to {dest_dir}: {exc.strerror}") from exc
         return dest
 
     def open(self, name: str) -> BinaryIO:
-        return open(self._existing(name), "rb")
+        path = self._existing(name)
+        try:
+            return open(path, "rb")
+        except OSError as exc:
+            raise self._failed(f"read {name}", exc) from exc
 
     def delete(self, name: str) -> None:
         path = self._path(name)
         try:
-            # The data file goes first: a crash in between leaves an orphan sidecar, which list() ignores.
+            # The data file goes first: a crash in between leaves orphan sidecars, which list() never shows.
             path.unlink(missing_ok=True)
-            sidecar_path(path).unlink(missing_ok=True)
+            for kind in SIDECARS:
+                sidecar_path(path, kind).unlink(missing_ok=True)
         except OSError as exc:
-            raise StorageError(f"cannot delete {name} from {self.root}: {exc.strerror}") from exc
+            raise self._failed(f"delete {name}", exc) from exc
 
     def checksum(self, name: str) -> str | None:
         return read_sidecar(self._existing(name))
 
     def exists(self, name: str) -> bool:
         return self._path(name).is_file()
+
+    def verify(self, name: str) -> Verification:
+        path = self._existing(name)
+        recorded = read_sidecar(path)
+        if recorded is None:
+            return Verification(False, "no SHA-256 recorded (no readable .sha256 sidecar)")
+        try:
+            actual = sha256_file(path)
+        except OSError as exc:
+            return Verification(False, f"cannot be read: {exc.strerror}")
+        if actual != recorded:
+            return Verification(False, f"SHA-256 {actual[:12]}… differs from the recorded {recorded[:12]}…")
+        return Verification(True, "SHA-256 matches its sidecar")
+
+    def put_sidecar(self, name: str, kind: str, data: bytes) -> None:
+        target = self.root / caller_sidecar_name(name, kind)
+        check_sidecar_size(target.name, len(data), reading=False)
+        self._existing(name)
+        try:
+            write_small(target, bytes(data))
+        except OSError as exc:
+            raise self._failed(f"write {target.name}", exc) from exc
+
+    def get_sidecar(self, name: str, kind: str) -> bytes | None:
+        return read_small(self.root / caller_sidecar_name(name, kind))

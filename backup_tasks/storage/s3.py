@@ -1,7 +1,10 @@
 """Backups in an S3 bucket (AWS or any S3-compatible endpoint). The only module that imports boto3.
 
 Keys are exactly `S3_PREFIX + backup name`; anything else in the bucket is never listed, read or deleted.
-The SHA-256 travels as object metadata (x-amz-meta-sha256) because a multipart ETag is not a content hash.
+The SHA-256 travels as object metadata (x-amz-meta-sha256) because a multipart ETag is not a content hash, with
+the size (x-amz-meta-size) so that verify() can tell a replaced object from a HEAD; sidecars other than the
+checksum are objects next to the backup (`S3_PREFIX + name + suffix`). A listing costs one ListObjectsV2 request
+per 1,000 keys: metadata is read (a HEAD) only where it is needed (details, verify, get).
 Credentials come only from boto3's default chain and are never read, stored or printed here.
 """
 
@@ -26,12 +29,19 @@ from botocore.exceptions import (
 )
 
 from .. import dsn
-from ..checksum import read_sidecar, sha256_file, write_sidecar
+from ..checksum import is_digest, read_sidecar, sha256_file, write_sidecar
 from ..errors import ConfigError, IntegrityError, NotFoundError, StorageError, Transient
-from ..names import parse_name, validate_name
+from ..names import SIDECARS, parse_name, parse_sidecar, sidecar_path, validate_name
 from ..progress import Progress, ProgressFn, Throttle
 from . import local
-from .base import BackupInfo
+from .base import (
+    CALLER_SIDECARS,
+    SIDECAR_MAX_BYTES,
+    BackupInfo,
+    Verification,
+    caller_sidecar_name,
+    check_sidecar_size,
+)
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -213,42 +223,53 @@ class S3Storage:
 
     # --- the Storage protocol -----------------------------------------------------------------------------
 
+    def location(self) -> str:
+        return self.url()
+
     def _head(self, name: str) -> dict:
         with self._errors("head", name):
             return self._client.head_object(Bucket=self.bucket, Key=self._key(name))
 
-    def _info(self, name: str, size: int, meta: dict[str, str]) -> BackupInfo:
-        return BackupInfo(
-            name=name,
-            size=size,
-            created_at=parse_name(name)[0],
-            sha256=meta.get("sha256"),
-            migration_version=meta.get("migration-version"),
-            location=self.kind,
-        )
+    def _info(self, name: str, size: int, sidecars: frozenset[str], meta: dict[str, str] | None) -> BackupInfo:
+        meta = meta or {}
+        return BackupInfo(name, size, parse_name(name)[0], meta.get("sha256"), meta.get("migration-version"),
+                          self.kind, sidecars)
 
-    def list(self) -> list[BackupInfo]:
-        found: list[tuple[str, int]] = []
+    def _scan(self) -> tuple[dict[str, int], dict[str, set[str]]]:
+        """One listing: {backup name: size} and {backup name: sidecar kinds} (nested keys never parse)."""
+        sizes: dict[str, int] = {}
+        sidecars: dict[str, set[str]] = {}
         with self._errors("list"):
             pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=self.prefix)
             for page in pages:
                 for obj in page.get("Contents", []):
                     name = obj["Key"][len(self.prefix) :]
-                    if parse_name(name) is not None:  # nested keys contain "/" and never parse
-                        found.append((name, obj["Size"]))
+                    if parse_name(name) is not None:
+                        sizes[name] = obj["Size"]
+                    elif (side := parse_sidecar(name)) is not None and side[1] in CALLER_SIDECARS:
+                        sidecars.setdefault(side[0], set()).add(side[1])
+        return sizes, sidecars
 
-        def detail(item: tuple[str, int]) -> BackupInfo | None:
-            # Listings carry no user metadata; a HEAD per backup fetches the checksum and migration version.
+    def list(self, details: bool = False) -> list[BackupInfo]:
+        sizes, sidecars = self._scan()
+
+        def info(name: str) -> BackupInfo | None:
+            # Listings carry no user metadata: only details pay a HEAD per backup for the checksum and version.
             try:
-                return self._info(item[0], item[1], self._head(item[0]).get("Metadata", {}))
+                meta = self._head(name).get("Metadata", {}) if details else None
             except NotFoundError:  # deleted since the listing
                 return None
+            return self._info(name, sizes[name], frozenset(sidecars.get(name, ())), meta)
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            infos = [i for i in pool.map(detail, found) if i is not None]
+        if details:
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                infos = [i for i in pool.map(info, sizes) if i is not None]
+        else:
+            infos = [info(name) for name in sizes]
         return sorted(infos, key=lambda i: parse_name(i.name), reverse=True)
 
-    def put(self, local_path: Path, progress: ProgressFn | None = None) -> BackupInfo:
+    def put(self, local_path: Path, progress: ProgressFn | None = None,
+            migration_version: str | None = None) -> BackupInfo:
         src = Path(local_path)
         name = validate_name(src.name)
         try:
@@ -262,10 +283,10 @@ class S3Storage:
         if recorded is not None and recorded != digest:
             # Uploading would give a damaged file a fresh, matching checksum.
             raise IntegrityError(f"checksum mismatch for {name}: the file differs from its sidecar; not uploaded")
-        version = local.header_migration_version(src)
-        meta = {"sha256": digest}
-        if version and version.isascii() and len(version) <= 256:
-            meta["migration-version"] = version
+        # The size lets verify() catch an object replaced by a shorter one that kept the recorded sha256.
+        meta = {"sha256": digest, "size": str(size)}
+        if migration_version and migration_version.isascii() and len(migration_version) <= 256:
+            meta["migration-version"] = migration_version
         counter = _ProgressCounter("upload", size, progress)
         with self._errors("upload", name):
             self._client.upload_file(
@@ -277,7 +298,14 @@ class S3Storage:
                 Config=self._transfer,
             )
         counter.flush()
-        return self._info(name, size, meta)
+        # After the backup: a sidecar is never stored for a backup that is not there.
+        kinds = set()
+        for kind in CALLER_SIDECARS:
+            data = local.read_small(sidecar_path(src, kind))
+            if data is not None:
+                self._put_sidecar(name, kind, data)
+                kinds.add(kind)
+        return self._info(name, size, frozenset(kinds), meta)
 
     def get(self, name: str, dest_dir: Path, progress: ProgressFn | None = None) -> Path:
         head = self._head(name)
@@ -302,17 +330,38 @@ class S3Storage:
                     raise local.mismatch(name, expected, digest)
             if expected is not None:
                 write_sidecar(dest, expected)
+            for kind in self._sidecar_kinds(name):
+                data = self.get_sidecar(name, kind)
+                if data is not None:
+                    local.write_small(sidecar_path(dest, kind), data)
         except OSError as exc:
             raise StorageError(f"cannot write {name} to {dest_dir}: {exc.strerror}") from exc
         return dest
+
+    def _sidecar_kinds(self, name: str) -> set[str]:
+        """The CALLER_SIDECARS stored next to `name`, from one listing of the keys that start with its key."""
+        key = self._key(name)
+        with self._errors("list", name):
+            found = self._client.list_objects_v2(Bucket=self.bucket, Prefix=key).get("Contents", [])
+        suffixes = {obj["Key"][len(key):] for obj in found}
+        return {kind for kind in CALLER_SIDECARS if SIDECARS[kind] in suffixes}
 
     def open(self, name: str) -> BinaryIO:
         with self._errors("read", name):
             return self._client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
 
     def delete(self, name: str) -> None:
+        key = self._key(name)
         with self._errors("delete", name):
-            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+            # The backup first: a crash before its sidecars go leaves orphans, which list() never shows.
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+            # Every kind, the checksum's too: a `.sha256` object copied there by hand belongs to the backup.
+            keys = [{"Key": key + suffix} for suffix in SIDECARS.values()]
+            answer = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+        if answer.get("Errors"):
+            err = answer["Errors"][0]
+            raise StorageError(f"S3 delete of {err.get('Key')} failed ({err.get('Code')}: {err.get('Message')})",
+                               hint="The backup itself is deleted; delete its sidecars by hand or retry.")
 
     def checksum(self, name: str) -> str | None:
         return self._head(name).get("Metadata", {}).get("sha256")
@@ -323,3 +372,43 @@ class S3Storage:
             return True
         except NotFoundError:
             return False
+
+    def verify(self, name: str) -> Verification:
+        head = self._head(name)
+        meta = head.get("Metadata", {})
+        if not is_digest(meta.get("sha256")):
+            return Verification(False, "no SHA-256 recorded in the object's metadata")
+        size, recorded = head.get("ContentLength"), meta.get("size")
+        if recorded is None:
+            return Verification(True, "SHA-256 recorded (no size recorded)")
+        if not recorded.isdigit() or int(recorded) != size:
+            return Verification(False, f"size {size} differs from the recorded {recorded[:20]}")
+        return Verification(True, "SHA-256 recorded, size matches the recorded one")
+
+    def put_sidecar(self, name: str, kind: str, data: bytes) -> None:
+        check_sidecar_size(caller_sidecar_name(name, kind), len(data), reading=False)
+        self._head(name)  # NotFoundError: no sidecar for a backup that is not there
+        self._put_sidecar(name, kind, bytes(data))
+
+    def _put_sidecar(self, name: str, kind: str, data: bytes) -> None:
+        key = self.prefix + caller_sidecar_name(name, kind)
+        with self._errors("upload", name):
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType="application/json",
+                                    **self._extra)
+
+    def get_sidecar(self, name: str, kind: str) -> bytes | None:
+        side = caller_sidecar_name(name, kind)
+        try:
+            with self._errors("read", name):
+                answer = self._client.get_object(Bucket=self.bucket, Key=self.prefix + side)
+        except NotFoundError:
+            return None
+        body = answer["Body"]
+        try:
+            check_sidecar_size(side, answer.get("ContentLength") or 0, reading=True)
+            with self._errors("read", name):
+                data = body.read(SIDECAR_MAX_BYTES + 1)
+        finally:
+            body.close()
+        check_sidecar_size(side, len(data), reading=True)
+        return data
