@@ -12,7 +12,7 @@ import zlib
 
 import pytest
 
-from backup_tasks.archive.header import COMPRESSED_BYTES, HEAD_BYTES, read_head, read_migration_version
+from backup_tasks.archive.header import COMPRESSED_BYTES, HEAD_BYTES, InflatedHead, read_migration_version
 from backup_tasks.errors import InvalidBackupError
 from backup_tasks.jobs.listing import with_migration_versions
 from backup_tasks.names import make_name
@@ -79,8 +79,16 @@ def test_a_decompression_bomb_is_read_only_up_to_the_bound():
     bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
     data = bomb.compress(b'{"metadata":{"x":"' + b"a" * (20 << 20)) + bomb.flush()  # 20 MB in ~20 KB
     assert "no migration version" in reason(data)
-    head, stop = read_head(Counting(data))  # what is decompressed is bounded, however well the file compresses
-    assert (len(head), stop) == (HEAD_BYTES, "bound")
+    head = InflatedHead(Counting(data))  # what is decompressed is bounded, however well the file compresses
+    while head.read(1 << 20):
+        pass
+    assert (head.given, head.stop) == (HEAD_BYTES, "bound")
+
+
+def test_a_backup_of_this_tool_costs_one_small_read():
+    own = gzip.compress(b'{"metadata":{"timestamp":"x","migration_version":"0aa2"},"tables":{\n'
+                        + os.urandom(1 << 20).hex().encode() + b"\n}}\n")
+    assert version(own) == ("0aa2", 16 << 10)
 
 
 @pytest.mark.parametrize("data, why", [

@@ -177,6 +177,19 @@ def test_implementations_match_the_protocol_signatures(impl):
     assert isinstance(cls.kind, str) and cls.kind == impl
 
 
+def test_storages_know_bytes_and_names_not_the_backup_format():
+    """Issue 12's layer rule, until import-linter checks it: nothing under storage/ imports archive or core."""
+    import ast
+
+    import backup_tasks.storage as package
+
+    for path in Path(package.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        imported |= {a.name for node in ast.walk(tree) if isinstance(node, ast.Import) for a in node.names}
+        assert not [m for m in imported if {"archive", "core"} & set(m.split("."))], path.name
+
+
 def test_every_method_with_every_parameter(backend, src, tmp_path):
     """Each Protocol method called with every parameter it declares, by name: the table must name them all, so
     a parameter added to the Protocol fails here until the suite passes it."""

@@ -2,14 +2,14 @@
 on any file with a backup's name (a foreign document, a damaged or hostile one).
 
 At most HEAD_BYTES of the decompressed document (from at most COMPRESSED_BYTES of the file) are read, whatever
-the file holds. This tool and the seed both write `metadata` as the first key with `migration_version` among its
-first fields, so a few hundred bytes suffice for their files; a document whose metadata comes later, or is longer
-than the bound before its migration version, is not read further here (`backupctl verify FILE` reads it all).
+the file holds, and only as far as the parser needs: this tool and the seed both write `metadata` as the first
+key with `migration_version` among its first fields, so their files cost one small read. A document whose
+metadata comes later, or is longer than the bound before its migration version, is not read further here
+(`backupctl verify FILE` reads it all).
 """
 
 from __future__ import annotations
 
-import io
 import zlib
 from typing import BinaryIO
 
@@ -19,41 +19,62 @@ from ..errors import InvalidBackupError
 
 HEAD_BYTES = 64 << 10
 COMPRESSED_BYTES = 1 << 20  # more than this for HEAD_BYTES of data: a gzip header with a huge name or extra field
-_READ = 64 << 10
+_READ = 16 << 10
 _NOT_A_STRING = {"number", "boolean", "start_map", "start_array"}
+_OPENING = [("", "start_map", None), ("", "map_key", "metadata"), ("metadata", "start_map", None)]
 
 
-def read_head(stream: BinaryIO) -> tuple[bytes, str]:
-    """Up to HEAD_BYTES of the decompressed document, and why the read stopped: "complete" (the whole document),
-    "bound" (a limit was reached) or "ended" (the file ended inside the gzip stream: truncated)."""
-    inflater = zlib.decompressobj(wbits=31)  # gzip framing only
-    out, pending, taken = bytearray(), b"", 0
-    try:
-        while len(out) < HEAD_BYTES and not inflater.eof:
-            if not pending:
-                if taken >= COMPRESSED_BYTES:
-                    return bytes(out), "bound"
-                pending = stream.read(min(_READ, COMPRESSED_BYTES - taken))
-                taken += len(pending)
-                if not pending:
-                    if not taken:
-                        raise InvalidBackupError("empty file")
-                    return bytes(out), "ended"
-            out += inflater.decompress(pending, HEAD_BYTES - len(out))
-            pending = inflater.unconsumed_tail
-    except zlib.error as exc:
-        raise InvalidBackupError(f"not a readable gzip file ({exc})") from None
-    return bytes(out), "complete" if inflater.eof else "bound"
+class InflatedHead:
+    """The decompressed document as a file for ijson, ending after HEAD_BYTES. `stop` says why it ended:
+    "complete" (the whole document), "bound" (a limit was reached), "ended" (the file ended inside the gzip
+    stream: truncated); None while there is more."""
+
+    def __init__(self, stream: BinaryIO):
+        self._stream = stream
+        self._inflater = zlib.decompressobj(wbits=31)  # gzip framing only
+        self._pending = b""
+        self.taken = 0  # compressed bytes read
+        self.given = 0  # decompressed bytes handed out
+        self.stop: str | None = None
+
+    def read(self, n: int) -> bytes:
+        out = b""
+        if n <= 0:  # ijson reads 0 bytes first to tell bytes from text; zlib takes max_length=0 as "no limit"
+            return out
+        while not out and self.stop is None:
+            if self._inflater.eof:
+                self.stop = "complete"
+            elif self.given >= HEAD_BYTES:
+                self.stop = "bound"
+            elif self._pending or self._fill():
+                try:
+                    out = self._inflater.decompress(self._pending, min(n, HEAD_BYTES - self.given))
+                except zlib.error as exc:
+                    raise InvalidBackupError(f"not a readable gzip file ({exc})") from None
+                self._pending = self._inflater.unconsumed_tail
+        self.given += len(out)
+        return out
+
+    def _fill(self) -> bool:
+        if self.taken >= COMPRESSED_BYTES:
+            self.stop = "bound"
+            return False
+        self._pending = self._stream.read(min(_READ, COMPRESSED_BYTES - self.taken))
+        if not self._pending:
+            if not self.taken:
+                raise InvalidBackupError("empty file")
+            self.stop = "ended"
+        self.taken += len(self._pending)
+        return bool(self._pending)
 
 
 def read_migration_version(stream: BinaryIO) -> str | None:
     """The `metadata.migration_version` at the head of the gzip document in `stream` (None when the metadata has
     none). Raises InvalidBackupError, saying why, when the head is not a backup's metadata within the bound."""
-    head, stop = read_head(stream)
-    events = ijson.parse(io.BytesIO(head))
-    opening = [("", "start_map", None), ("", "map_key", "metadata"), ("metadata", "start_map", None)]
+    head = InflatedHead(stream)
+    events = ijson.parse(head, buf_size=4096)
     try:
-        if [next(events, None) for _ in opening] != opening:
+        if [next(events, None) for _ in _OPENING] != _OPENING:
             raise InvalidBackupError("not a backup document (it does not start with a metadata object)")
         for prefix, event, value in events:
             if prefix == "metadata" and event == "end_map":
@@ -63,11 +84,9 @@ def read_migration_version(stream: BinaryIO) -> str | None:
             if prefix == "metadata.migration_version" and event in _NOT_A_STRING:
                 raise InvalidBackupError("its migration_version is not a string")
     except ijson.JSONError:
-        if stop == "complete":
-            raise InvalidBackupError("not a backup document (not valid JSON)") from None
-        # Otherwise the parser ran into the end of the bounded head (or damage before it): said below.
-    if stop == "complete":
-        raise InvalidBackupError("not a backup document (its metadata ends without a closing brace)")
-    if stop == "ended":
+        pass  # damage, or the end of the bounded head: which one is said below
+    if head.stop == "ended":
         raise InvalidBackupError("truncated (the gzip stream ends within its first 64 KB)")
-    raise InvalidBackupError("no migration version within its first 64 KB (its metadata is longer, or damaged)")
+    if head.stop == "bound":
+        raise InvalidBackupError("no migration version within its first 64 KB (its metadata is longer, or damaged)")
+    raise InvalidBackupError("not a backup document (not valid JSON)")

@@ -31,7 +31,7 @@ from botocore.exceptions import (
 from .. import dsn
 from ..checksum import is_digest, read_sidecar, sha256_file, write_sidecar
 from ..errors import ConfigError, IntegrityError, NotFoundError, StorageError, Transient
-from ..names import SIDECARS, parse_name, parse_sidecar, sidecar_path, validate_name
+from ..names import SIDECARS, parse_name, parse_sidecar, sidecar_name, sidecar_path, validate_name
 from ..progress import Progress, ProgressFn, Throttle
 from . import local
 from .base import (
@@ -340,11 +340,10 @@ class S3Storage:
 
     def _sidecar_kinds(self, name: str) -> set[str]:
         """The CALLER_SIDECARS stored next to `name`, from one listing of the keys that start with its key."""
-        key = self._key(name)
         with self._errors("list", name):
-            found = self._client.list_objects_v2(Bucket=self.bucket, Prefix=key).get("Contents", [])
-        suffixes = {obj["Key"][len(key):] for obj in found}
-        return {kind for kind in CALLER_SIDECARS if SIDECARS[kind] in suffixes}
+            found = self._client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(name)).get("Contents", [])
+        keys = {obj["Key"] for obj in found}
+        return {kind for kind in CALLER_SIDECARS if self.prefix + sidecar_name(name, kind) in keys}
 
     def open(self, name: str) -> BinaryIO:
         with self._errors("read", name):
@@ -356,7 +355,7 @@ class S3Storage:
             # The backup first: a crash before its sidecars go leaves orphans, which list() never shows.
             self._client.delete_object(Bucket=self.bucket, Key=key)
             # Every kind, the checksum's too: a `.sha256` object copied there by hand belongs to the backup.
-            keys = [{"Key": key + suffix} for suffix in SIDECARS.values()]
+            keys = [{"Key": self.prefix + sidecar_name(name, kind)} for kind in SIDECARS]
             answer = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
         if answer.get("Errors"):
             err = answer["Errors"][0]
