@@ -132,11 +132,13 @@ class S3Backend:
 
     @contextmanager
     def sidecars_undeletable(self, name: str):
-        """The sidecars' DeleteObjects (a POST) refused, as if the process died right after deleting the data."""
+        """Deleting the sidecars refused, as if the process died right after deleting the data."""
         from backup_tasks.storage.s3 import S3Storage
 
-        with FaultyProxy(get_settings().S3_ENDPOINT_URL, lambda method, path, n: method == "POST", 403,
-                         "AccessDenied") as proxy:
+        def refuse(method: str, path: str, n: int) -> bool:
+            return method == "DELETE" and path.endswith(tuple(SIDECARS.values()))
+
+        with FaultyProxy(get_settings().S3_ENDPOINT_URL, refuse, 403, "AccessDenied") as proxy:
             yield S3Storage(get_settings().model_copy(update={"S3_ENDPOINT_URL": proxy.url}), max_attempts=1)
 
 

@@ -350,17 +350,13 @@ class S3Storage:
             return self._client.get_object(Bucket=self.bucket, Key=self._key(name))["Body"]
 
     def delete(self, name: str) -> None:
-        key = self._key(name)
         with self._errors("delete", name):
             # The backup first: a crash before its sidecars go leaves orphans, which list() never shows.
-            self._client.delete_object(Bucket=self.bucket, Key=key)
-            # Every kind, the checksum's too: a `.sha256` object copied there by hand belongs to the backup.
-            keys = [{"Key": self.prefix + sidecar_name(name, kind)} for kind in SIDECARS]
-            answer = self._client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
-        if answer.get("Errors"):
-            err = answer["Errors"][0]
-            raise StorageError(f"S3 delete of {err.get('Key')} failed ({err.get('Code')}: {err.get('Message')})",
-                               hint="The backup itself is deleted; delete its sidecars by hand or retry.")
+            self._client.delete_object(Bucket=self.bucket, Key=self._key(name))
+            # One request per kind rather than DeleteObjects, which not every S3-compatible store offers. Every
+            # kind, the checksum's too: a `.sha256` object copied there by hand belongs to the backup.
+            for kind in SIDECARS:
+                self._client.delete_object(Bucket=self.bucket, Key=self.prefix + sidecar_name(name, kind))
 
     def checksum(self, name: str) -> str | None:
         return self._head(name).get("Metadata", {}).get("sha256")
