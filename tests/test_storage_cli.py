@@ -89,7 +89,8 @@ def test_upload_by_name_and_by_path_then_list_s3(s3_bucket, s3_client, backup_di
     out = ok("list-s3", "--local")
     assert f"2 backups in s3://{s3_bucket}/backups/" in out
     assert out.index(outside.name) < out.index(in_dir.name)
-    assert VERSION not in out and "list-s3 --long" in out  # the listing alone: no metadata
+    assert VERSION not in out and "list-s3 --long" in out.splitlines()[0]  # the listing alone: no metadata
+    assert [line.split()[0] for line in out.splitlines()[2:]] == [outside.name, in_dir.name]
     long = ok("list-s3", "--long", "--local")
     assert long.count(VERSION) == 2  # recorded as object metadata at upload
     assert long.count(sha256_file(in_dir)[:12]) == 1 and "list-s3 --long" not in long

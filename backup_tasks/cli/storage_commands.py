@@ -36,7 +36,9 @@ def _print_backups(result: dict[str, Any]) -> None:
         return
     # A listing without details (list-s3's default) has no migration versions or checksums: one request in all.
     details = result.get("details", True)
-    click.echo(f"{len(backups)} backup{'s' if len(backups) != 1 else ''} in {where} (newest first):")
+    # The hint goes in the heading, not below the rows, so that every line after the column titles is a backup.
+    more = "" if details else "; checksums and migration versions: `list-s3 --long`, a request per backup"
+    click.echo(f"{len(backups)} backup{'s' if len(backups) != 1 else ''} in {where} (newest first{more}):")
     width = max(len(b["name"]) for b in backups)
     extra = "  MIGRATION" if details else ""
     long_s3 = details and result.get("location") == "s3"
@@ -50,8 +52,6 @@ def _print_backups(result: dict[str, Any]) -> None:
         if details:
             line += f"  {_version(b)}"
         click.echo(line)
-    if not details:
-        click.echo("Migration versions and recorded checksums: `backupctl list-s3 --long` (one request per backup).")
 
 
 def _version(b: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import pty
@@ -133,8 +134,11 @@ def test_s3_listing_ignores_keys_outside_the_prefix_or_not_backups(s3_setup, s3_
            "backups/backup_20250107_000000.backup.gz.part", "backups/backup_20250108_000000.backup.gz ",
            "backups/BACKUP_20250109_000000.BACKUP.GZ", "backups/notes.txt", "backup_20250110_000000.backup.gz",
            "backups//backup_20250111_000000.backup.gz", "backups/backup_20250112_000000.backup.gz.sha256"]
+    body = gzip.compress(b'{"metadata":{},"tables":{}}')
+    # The good ones with the checksum an upload records: retention deletes nothing while no backup verifies.
     for key in good + odd:
-        s3_client.put_object(Bucket=bucket, Key=key, Body=gzip.compress(b'{"metadata":{},"tables":{}}'))
+        meta = {"sha256": hashlib.sha256(body).hexdigest()} if key in good else {}
+        s3_client.put_object(Bucket=bucket, Key=key, Body=body, Metadata=meta)
     env = aws_env(s3_endpoint, bucket, backups, BACKUP_RETENTION_DAYS="0", BACKUP_RETENTION_MIN_COUNT="1")
 
     listing = cli("list-s3", "--local", env=env)
