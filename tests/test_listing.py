@@ -12,7 +12,12 @@ import zlib
 
 import pytest
 
-from backup_tasks.archive.header import COMPRESSED_BYTES, HEAD_BYTES, InflatedHead, read_migration_version
+from backup_tasks.archive.header import (
+    COMPRESSED_BYTES,
+    HEAD_BYTES,
+    InflatedHead,
+    read_migration_version,
+)
 from backup_tasks.errors import InvalidBackupError
 from backup_tasks.jobs.listing import with_migration_versions
 from backup_tasks.names import make_name
@@ -104,6 +109,9 @@ def test_what_cannot_be_read_says_why(data, why):
     assert why in reason(data)
 
 
+GARBAGE = "not a readable gzip file (Error -3 while decompressing data: incorrect header check)"
+
+
 def test_with_migration_versions_lists_every_file_with_a_version_or_a_reason(tmp_path):
     good = tmp_path / make_name(T0)
     good.write_bytes(gzip.compress(b'{"metadata":{"migration_version":"v1"},"tables":{}}'))
@@ -113,8 +121,7 @@ def test_with_migration_versions_lists_every_file_with_a_version_or_a_reason(tmp
     listed = with_migration_versions(storage, storage.list())
 
     assert [(b.name, b.migration_version, b.unreadable) for b in listed] == [
-        (make_name(T0, 1), None, "not a readable gzip file (Error -3 while decompressing data: incorrect header "
-                                 "check)"),
+        (make_name(T0, 1), None, GARBAGE),
         (good.name, "v1", None),
     ]
     good.unlink()  # deleted between the listing and the read: simply not listed

@@ -188,8 +188,7 @@ def test_a_week_of_corrupt_backups_never_deletes_the_last_one_that_verifies():
 
     assert names(decision.keep) == [bad[0].name, good[0].name]
     assert decision.reasons[good[0].name] == [NEWEST_VERIFIED]
-    assert decision.reasons[bad[0].name] == ["newest backup", "checksum does not verify: SHA-256 differs from the "
-                                             "recorded one"]
+    assert decision.reasons[bad[0].name] == ["newest backup", f"checksum does not verify: {failed[bad[0].name]}"]
     # A failed check is a note on the decision, never a reason to keep.
     assert decision.reasons[bad[-1].name] == ["older than 7 days (23 days old), kept by no rule",
                                               "checksum does not verify: SHA-256 differs from the recorded one"]
@@ -209,7 +208,7 @@ def test_nothing_is_deleted_when_no_backup_verifies():
     decision = apply_policy(backups, RetentionPolicy(days=7, min_count=2), NOW, Verified(newest=None, failed=failed))
 
     assert decision.delete == [] and len(decision.keep) == len(backups)
-    newest, third = sorted(names(backups), reverse=True)[0], sorted(names(backups), reverse=True)[2]
+    newest, third = names(backups)[0], names(backups)[2]  # daily() lists newest first
     assert decision.reasons[newest] == ["newest backup", "checksum does not verify: no SHA-256 recorded"]
     assert decision.reasons[third] == [NONE_VERIFIED, "checksum does not verify: no SHA-256 recorded"]
 

@@ -18,7 +18,14 @@ from click.testing import CliRunner
 
 from backup_tasks.checksum import read_sidecar, sha256_file, sidecar_path, write_sidecar
 from backup_tasks.cli import _register, cli
-from backup_tasks.errors import AbortedError, ConfigError, IntegrityError, NotFoundError, StorageError, UsageError
+from backup_tasks.errors import (
+    AbortedError,
+    ConfigError,
+    IntegrityError,
+    NotFoundError,
+    StorageError,
+    UsageError,
+)
 from backup_tasks.names import make_name
 from backup_tasks.settings import reset_settings_cache
 from tests.adversarial.faulty_proxy import FaultyProxy
@@ -315,7 +322,7 @@ def test_s3_cleanup_keeps_the_newest_object_that_verifies(s3_bucket, s3_client, 
     newer = [fake_backup(backup_dir_env, NOW - timedelta(days=d)) for d in (19, 18, 17)]
     for f in [good, *newer]:
         ok("upload", f.name, "--local")
-    key = lambda f: f"backups/{f.name}"  # noqa: E731
+    key = lambda f: f"backups/{f.name}"
     meta = s3_client.head_object(Bucket=s3_bucket, Key=key(newer[0]))["Metadata"]
     s3_client.put_object(Bucket=s3_bucket, Key=key(newer[0]), Body=b"short", Metadata=meta)  # truncated
     s3_client.put_object(Bucket=s3_bucket, Key=key(newer[1]), Body=newer[1].read_bytes())  # no metadata
@@ -365,7 +372,7 @@ def test_s3_listings_of_1000_backups_read_metadata_only_where_needed(thousand_ob
         for args, heads in expected_heads.items():
             before = len(proxy.requests)
             started = time.perf_counter()
-            out = ok(*args, "--local")
+            ok(*args, "--local")
             elapsed = time.perf_counter() - started
             seen = [m for m, _, _ in proxy.requests[before:]]
             print(f"{' '.join(args)}: {elapsed:.2f} s, {seen.count('HEAD')} HEAD, {seen.count('GET')} GET")

@@ -99,7 +99,8 @@ class Storage(Protocol):
 def caller_sidecar_name(name: str, kind: str) -> str:
     """`name + suffix` for a sidecar callers may put and get; refuses the checksum and unknown kinds."""
     if kind not in CALLER_SIDECARS:
-        raise UsageError(f"not a sidecar kind callers store: {kind!r}", hint=f"Use one of: {', '.join(CALLER_SIDECARS)}.")
+        raise UsageError(f"not a sidecar kind callers store: {kind!r}",
+                         hint=f"Use one of: {', '.join(CALLER_SIDECARS)}.")
     return sidecar_name(name, kind)
 
 

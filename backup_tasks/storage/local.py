@@ -13,7 +13,14 @@ from ..checksum import CHUNK, read_sidecar, sha256_file, write_sidecar
 from ..errors import IntegrityError, NotFoundError, StorageError
 from ..names import SIDECARS, parse_name, parse_sidecar, sidecar_path, validate_name
 from ..progress import Progress, ProgressFn, Throttle
-from .base import CALLER_SIDECARS, SIDECAR_MAX_BYTES, BackupInfo, Verification, caller_sidecar_name, check_sidecar_size
+from .base import (
+    CALLER_SIDECARS,
+    SIDECAR_MAX_BYTES,
+    BackupInfo,
+    Verification,
+    caller_sidecar_name,
+    check_sidecar_size,
+)
 
 
 @contextlib.contextmanager
@@ -36,11 +43,10 @@ def atomic_target(dest: Path) -> Iterator[Path]:
 
 def write_small(dest: Path, data: bytes) -> None:
     """Write a sidecar's bytes under `dest` atomically and durably."""
-    with atomic_target(dest) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_target(dest) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_small(path: Path) -> bytes | None:
