@@ -57,6 +57,14 @@ def test_own_and_seed_layouts():
     assert version(own)[0] == "0aa2" and version(seed)[0] is None and version(without)[0] is None
 
 
+def test_several_gzip_members_are_one_document():
+    # As a parallel backup writes: head, parts and tail as members of their own; here the head is split too.
+    members = [b'{"metadata":{"timest', b'amp":"x","migration_version":"v2"},"tables":{\n', b"}}\n"]
+    assert version(b"".join(gzip.compress(m) for m in members))[0] == "v2"
+    assert "not valid JSON" in reason(b"".join(gzip.compress(m) for m in members[:1]))  # complete, cut short
+    assert "truncated" in reason(gzip.compress(members[0]) + gzip.compress(members[1])[:14])
+
+
 def test_a_large_foreign_document_is_read_only_up_to_the_bound():
     rows = os.urandom(3 << 20).hex()  # ~6 MB of text, ~3.4 MB compressed, metadata at the very end
     doc = gzip.compress(json.dumps({"tables": {"t": rows}, "metadata": {"migration_version": "x"}}).encode(), 1)
@@ -126,3 +134,29 @@ def test_with_migration_versions_lists_every_file_with_a_version_or_a_reason(tmp
     ]
     good.unlink()  # deleted between the listing and the read: simply not listed
     assert [b.name for b in with_migration_versions(storage, storage.list() + listed[1:])] == [make_name(T0, 1)]
+
+
+def test_real_backups_single_and_parallel_are_listed_with_their_version(make_db, settings_env, backup_dir):
+    from click.testing import CliRunner
+
+    from backup_tasks.cli import _register, cli
+    from tests.conftest import run_sql
+
+    _register()
+    _, url = make_db()
+    run_sql(url, "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);"
+                 "INSERT INTO alembic_version VALUES ('1bb3939gd176');"
+                 "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u (id int PRIMARY KEY);"
+                 "INSERT INTO t SELECT i, md5(i::text) FROM generate_series(1, 20000) i;"
+                 "INSERT INTO u SELECT generate_series(1, 100);")
+    settings_env(url)
+    for jobs in ("1", "2"):  # --jobs 2 writes the head, the parts and the tail as gzip members of their own
+        created = CliRunner().invoke(cli, ["create", "--local", "--jobs", jobs])
+        assert created.exit_code == 0, created.output
+
+    listed = CliRunner().invoke(cli, ["list", "--local"])
+
+    rows = listed.stdout.splitlines()[2:]
+    assert len(rows) == 2 and all(row.split()[-1] == "1bb3939gd176" for row in rows), listed.stdout
+    dry = CliRunner().invoke(cli, ["cleanup", "--dry-run", "--target", "local", "--local"]).stdout
+    assert "newest backup whose checksum verifies" in dry

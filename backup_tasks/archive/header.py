@@ -26,13 +26,15 @@ _OPENING = [("", "start_map", None), ("", "map_key", "metadata"), ("metadata", "
 
 class InflatedHead:
     """The decompressed document as a file for ijson, ending after HEAD_BYTES. `stop` says why it ended:
-    "complete" (the whole document), "bound" (a limit was reached), "ended" (the file ended inside the gzip
-    stream: truncated); None while there is more."""
+    "complete" (the whole document), "bound" (a limit was reached), "ended" (the file ended inside a gzip
+    member: truncated); None while there is more. Several gzip members are one stream, as to every gzip reader
+    (a parallel backup writes its head, parts and tail as members of their own)."""
 
     def __init__(self, stream: BinaryIO):
         self._stream = stream
         self._inflater = zlib.decompressobj(wbits=31)  # gzip framing only
         self._pending = b""
+        self._between = False  # at the end of a member, before any byte of the next
         self.taken = 0  # compressed bytes read
         self.given = 0  # decompressed bytes handed out
         self.stop: str | None = None
@@ -42,16 +44,19 @@ class InflatedHead:
         if n <= 0:  # ijson reads 0 bytes first to tell bytes from text; zlib takes max_length=0 as "no limit"
             return out
         while not out and self.stop is None:
-            if self._inflater.eof:
-                self.stop = "complete"
-            elif self.given >= HEAD_BYTES:
+            if self.given >= HEAD_BYTES:
                 self.stop = "bound"
-            elif self._pending or self._fill():
-                try:
-                    out = self._inflater.decompress(self._pending, min(n, HEAD_BYTES - self.given))
-                except zlib.error as exc:
-                    raise InvalidBackupError(f"not a readable gzip file ({exc})") from None
-                self._pending = self._inflater.unconsumed_tail
+                break
+            if self._inflater.eof:
+                self._pending, self._between = self._inflater.unused_data, True
+                self._inflater = zlib.decompressobj(wbits=31)
+            if not self._pending and not self._fill():
+                break
+            try:
+                out = self._inflater.decompress(self._pending, min(n, HEAD_BYTES - self.given))
+            except zlib.error as exc:
+                raise InvalidBackupError(f"not a readable gzip file ({exc})") from None
+            self._pending, self._between = self._inflater.unconsumed_tail, False
         self.given += len(out)
         return out
 
@@ -63,7 +68,7 @@ class InflatedHead:
         if not self._pending:
             if not self.taken:
                 raise InvalidBackupError("empty file")
-            self.stop = "ended"
+            self.stop = "complete" if self._between else "ended"
         self.taken += len(self._pending)
         return bool(self._pending)
 
