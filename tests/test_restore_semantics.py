@@ -61,7 +61,7 @@ def _one(url: str, statement: str):
 
 
 def _without(snap: dict, *keys: str) -> dict:
-    return {"tables": {k: v for k, v in snap["tables"].items() if k not in keys}, "sequences": snap["sequences"]}
+    return {**snap, "tables": {k: v for k, v in snap["tables"].items() if k not in keys}}
 
 
 # -- tables not in the backup ------------------------------------------------------------------------------------
