@@ -30,7 +30,6 @@ from zoneinfo import ZoneInfo
 
 from celery import Celery
 from celery.beat import PersistentScheduler
-from kombu.utils.url import maybe_sanitize_url
 
 from .errors import ConfigError
 from .settings import Settings, get_settings
@@ -42,11 +41,9 @@ logger = logging.getLogger(__name__)
 RETRY_BACKOFF_S = 5
 RETRY_BACKOFF_MAX_S = 300
 MAX_RETRIES = 4
-
-
-def safe_url(url: str | None) -> str:
-    """A broker or backend URL with its password masked, for messages and logs."""
-    return maybe_sanitize_url(url or "") or ""
+# The control command a worker answers with the database its jobs act on (tasks.py registers it, the client asks
+# it instead of a plain ping: the worker's main process answers even when all its pool processes are busy).
+TARGET_COMMAND = "backup_tasks_target"
 
 
 def visibility_timeout(settings: Settings) -> int:

@@ -17,7 +17,7 @@ import getpass
 import os
 import re
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from .errors import ConfigError
 
@@ -124,6 +124,25 @@ def endpoint(url: str | None) -> str:
     if not match:
         return "(an address that is not a URL)"
     return f"{match.group(1)}://{match.group(2)}"
+
+
+def with_params(text: str, params: dict[str, str]) -> str:
+    """`text` with connection parameters added, in its own form; a parameter the string already sets is kept as
+    written (the user's choice wins). For settings the string's owner did not think of, e.g. TCP keepalives."""
+    present = parse_params(text)
+    extra = {k: v for k, v in params.items() if k not in present}
+    if not extra:
+        return text
+    text = text.strip()
+    if is_uri(text):
+        query = "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in extra.items())
+        return f"{text}{'&' if '?' in text else '?'}{query}"
+    words = " ".join(f"{k}='{_escape_keyword(v)}'" for k, v in extra.items())
+    return f"{text} {words}" if text else words
+
+
+def _escape_keyword(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 # --- libpq's two forms ---------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from .errors import QueueError
-from .locks import PREFIX, _call as call
+from .queue_state import PREFIX, call
 
 LEASE_S = 30  # a part's lease, renewed every few seconds by its writer; a dead writer's lapses after this
 BOARD_TTL_S = 2 * 24 * 3600  # a board outlives any backup, then goes

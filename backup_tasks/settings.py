@@ -66,7 +66,6 @@ class Settings(BaseSettings):
     CELERY_TASK_SOFT_TIME_LIMIT: int = 6 * 3600
     CELERY_TASK_TIME_LIMIT: int = 6 * 3600 + 300
     CELERY_RESULT_EXPIRES: int = 7 * 24 * 3600
-    JOB_LOCK_TTL_S: int = Field(600, description="lock TTL; a running job renews it, a crashed one lets it lapse")
 
     # Flower
     FLOWER_BASIC_AUTH: SecretStr | None = None

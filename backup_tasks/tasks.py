@@ -1,20 +1,27 @@
-"""Celery tasks: one thin task per job, plus the scheduled backup.
+"""Celery tasks: one per job, plus the scheduled backup. What they share lives in JobTask, a `celery.Task`
+subclass (Celery's documented place for it): delivery counting (before_start), failure reports (on_failure),
+retries (autoretry_for + retry_backoff), the acknowledgement policy per task.
 
-A task only does what a queue needs: check its JSON arguments, take the database lock, report progress,
-turn failures into JSON-safe payloads (and a webhook), and retry transient errors. The work itself is
-`backup_tasks.jobs.run_job(name, kwargs, progress=...)`, the same call the CLI's --local path makes.
+A task only does what a queue needs: check its JSON arguments, keep its liveness key, report progress, turn
+failures into JSON-safe payloads (and a webhook), and retry transient errors. The work itself, and the
+per-database lock, is `backup_tasks.jobs.run_job(name, kwargs, progress=...)`, the same call the CLI's --local
+path makes.
 
-Failures: a job's BackupError becomes `JobFailed(payload)`, payload = BackupError.to_dict() + job + task id
-(type, message, hint, exit_code), stored by the JSON result backend as the exception's only argument; the
-client rebuilds the same BackupError subclass from it. Anything unexpected becomes a payload of type
+Failures: a job's BackupError becomes `JobFailed(payload)`, payload = BackupError.to_dict() (type, message, hint,
+exit_code, transient) + job + task id + file, stored by the JSON result backend as the exception's only argument;
+the client rebuilds the same BackupError subclass from it. Anything unexpected becomes a payload of type
 BackupError (exit code 1); only the worker's log has the traceback.
 
-Acknowledgement and retries (see celery_app.py): restore / restore_s3 are acknowledged on start, are never
-redelivered, and never retry once they run; every other job is acknowledged late, so a worker killed under
-it hands it to another worker (at most MAX_DELIVERIES times). Retries, with exponential backoff and full
-jitter, only for transient errors: S3 throttling or an unreachable endpoint (upload, download, list_s3,
-verify_s3, cleanup, and restore_s3 whose S3 part runs before the restore), and a PostgreSQL connection that
-could not be made (create: nothing is written before the connection works).
+Acknowledgement (see celery_app.py): restore / restore_s3 are acknowledged on start and are never redelivered;
+every other job is acknowledged late, so a worker killed under it hands it to another worker (at most
+MAX_DELIVERIES times).
+
+Retries: each task declares the Transient kinds it retries (`retry_on`); an error's kind is set where it is
+raised (pg/connection.py for a connection that could not be made, storage/s3.py for throttling, 5xx or an
+unreachable endpoint), so nothing here guesses from class names or messages. create and the scheduled backup
+retry DATABASE (nothing is written before the connection works); the S3 jobs retry STORAGE (restore_s3's S3 part
+runs before its restore); restore never retries. A retry is a new message after 5 s, 10 s, 20 s, 40 s with full
+jitter (capped at 5 min), far below the visibility timeout.
 """
 
 from __future__ import annotations
@@ -24,18 +31,23 @@ import re
 import threading
 import time
 from datetime import datetime, timezone
+from pathlib import PurePath
 from typing import Any, Callable
 
-from celery.exceptions import Retry, SoftTimeLimitExceeded
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.log import get_task_logger
 from celery.utils.time import get_exponential_backoff_interval
+from celery.worker.control import inspect_command
 
-from . import locks, notify
-from .celery_app import MAX_RETRIES, RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, app, load_beat_schedule_module
-from .errors import BackupError, UsageError
+from . import dsn, notify, queue_state
+from .celery_app import (MAX_RETRIES, RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, TARGET_COMMAND, app,
+                         load_beat_schedule_module)
+from .errors import BackupError, Transient, UsageError
 from .jobs import run_job
+from .jobs.results import ScheduledBackupResult, WorkerTarget
 from .names import validate_name
-from .progress import Progress
+from .progress import Progress, ProgressFn
 from .settings import get_settings
 
 logger = get_task_logger(__name__)
@@ -43,11 +55,12 @@ logger = get_task_logger(__name__)
 MAX_DELIVERIES = 3  # a late-acked job whose worker died this many times is not run again (celery#9082)
 IN_TASK_ATTEMPTS = 3  # upload/cleanup after a backup: retried in the task, so the backup is not made twice
 FILE_JOBS = {"diff", "restore", "verify", "upload"}  # jobs that read a backup given as `file`
+DATABASE, STORAGE = frozenset({Transient.DATABASE}), frozenset({Transient.STORAGE})
 _SLOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z$")
 
 
 class JobFailed(Exception):
-    """A job failed; args[0] is the JSON-safe payload (type, message, hint, exit_code, job, task_id)."""
+    """A job failed; args[0] is the JSON-safe payload (type, message, hint, exit_code, transient, job, task_id)."""
 
     def __init__(self, payload: dict[str, Any]):
         super().__init__(payload)
@@ -61,77 +74,8 @@ class JobFailed(Exception):
         return f"{p.get('type', 'Error')}: {p.get('message', self.args)}"
 
 
-# --- transient errors -------------------------------------------------------------------------------------
-
-_S3_TRANSIENT_CODES = {
-    "Throttling", "ThrottlingException", "ThrottledException", "SlowDown", "RequestLimitExceeded",
-    "TooManyRequestsException", "RequestThrottled", "RequestTimeout", "RequestTimeoutException",
-    "InternalError", "ServiceUnavailable", "500", "502", "503", "504",
-}
-_NETWORK_ERRORS = {  # botocore / urllib3 class names (this module imports neither)
-    "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
-    "ConnectionError", "ProxyConnectionError", "ProtocolError", "NewConnectionError",
-}
-_PG_TRANSIENT = (
-    "could not connect", "connection refused", "timeout expired", "server closed the connection",
-    "the database system is starting up", "the database system is shutting down", "too many connections",
-    "connection reset", "could not receive data", "could not send data", "no route to host",
-)
-
-
-def _causes(exc: BaseException):
-    """exc and what it was raised from (also across `raise … from None`, which keeps __context__)."""
-    seen: set[int] = set()
-    stack = [exc]
-    while stack:
-        e = stack.pop()
-        if e is None or id(e) in seen or len(seen) > 20:
-            continue
-        seen.add(id(e))
-        yield e
-        stack += [getattr(e, "last_exception", None), e.__cause__, e.__context__]
-
-
-def transient_s3(exc: BaseException) -> bool:
-    for e in _causes(exc):
-        module = type(e).__module__.split(".")[0]
-        if module in ("botocore", "urllib3", "s3transfer") and type(e).__name__ in _NETWORK_ERRORS:
-            return True
-        response = getattr(e, "response", None)
-        if module == "botocore" and isinstance(response, dict):
-            code = str((response.get("Error") or {}).get("Code", ""))
-            status = str((response.get("ResponseMetadata") or {}).get("HTTPStatusCode", ""))
-            if code in _S3_TRANSIENT_CODES or status in {"429", "500", "502", "503", "504"}:
-                return True
-        if isinstance(e, (ConnectionResetError, ConnectionAbortedError)):
-            return True
-    return False
-
-
-def transient_db(exc: BaseException) -> bool:
-    for e in _causes(exc):
-        if type(e).__name__ == "OperationalError" and type(e).__module__.startswith("psycopg2"):
-            text = str(e).lower()
-            return any(marker in text for marker in _PG_TRANSIENT)
-    return False
-
-
-def _backoff(retries: int) -> float:
-    return get_exponential_backoff_interval(RETRY_BACKOFF_S, retries, RETRY_BACKOFF_MAX_S, full_jitter=True)
-
-
-def _with_retries(fn: Callable[[], dict], retry_if: Callable[[BaseException], bool], what: str) -> dict:
-    """Retry a step inside the task (no new message): for steps after a backup was made."""
-    for attempt in range(IN_TASK_ATTEMPTS):
-        try:
-            return fn()
-        except BackupError as exc:
-            if attempt + 1 >= IN_TASK_ATTEMPTS or not retry_if(exc):
-                raise
-            delay = min(_backoff(attempt), 60)
-            logger.warning("%s failed (%s); retrying in %.0f s", what, exc.message, delay)
-            time.sleep(delay)
-    raise AssertionError("unreachable")
+class TransientJobFailed(JobFailed):
+    """A failure of a kind the task retries (its `retry_on`): Celery's autoretry_for catches this class."""
 
 
 # --- progress ---------------------------------------------------------------------------------------------
@@ -169,62 +113,115 @@ class TaskProgress:
             self._closed = True
 
 
-# --- running a job ----------------------------------------------------------------------------------------
+# --- the task class ---------------------------------------------------------------------------------------
 
-def _database_name(database_url: str | None) -> str | None:
+class JobTask(Task):
+    """Plumbing shared by every job's task; a task's body calls `self.perform(kwargs)`.
+
+    Class attributes are the policy, overridden per task in its @app.task(...) line: `retry_on` (the Transient
+    kinds it retries), `acks_late`/`reject_on_worker_lost` (late acknowledgement, for idempotent jobs only).
+    """
+
+    retry_on: frozenset[Transient] = frozenset()
+    acks_late = True
+    reject_on_worker_lost = True
+    throws = (JobFailed,)  # expected failures: logged by Celery at INFO without a traceback (on_failure logs them)
+    autoretry_for = (TransientJobFailed,)
+    max_retries = MAX_RETRIES
+    retry_backoff = RETRY_BACKOFF_S
+    retry_backoff_max = RETRY_BACKOFF_MAX_S
+    retry_jitter = True
+
+    @property
+    def job(self) -> str:
+        return self.name.removeprefix("backup_tasks.")
+
+    def before_start(self, task_id: str, args: tuple, kwargs: dict) -> None:
+        """Count deliveries of a late-acked job: one that killed its worker MAX_DELIVERIES times is not run again."""
+        if not self.acks_late:
+            return
+        try:
+            deliveries = queue_state.count_delivery(task_id, self.request.retries or 0)
+        except BackupError as exc:
+            raise self.failed(exc, {}) from None
+        if deliveries > MAX_DELIVERIES:
+            raise self.failed(BackupError(
+                f"{self.job} was delivered {deliveries} times and its worker died each time (killed, or out of "
+                "memory); not running it again", hint="Check the worker's memory and logs, then start it again."), {})
+
+    def perform(self, kwargs: dict[str, Any],
+                body: Callable[[dict[str, Any], ProgressFn], dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Run the job (or `body(info, progress)`) while its liveness key is kept; every failure leaves as JobFailed.
+
+        `info` holds what a failure report names besides the arguments (the backup file); a body may add to it.
+        """
+        info: dict[str, Any] = {"file": kwargs.get("file") or kwargs.get("name")}
+        progress = TaskProgress(self, self.job)
+        try:
+            with queue_state.alive_while(self.request.id):
+                result = body(info, progress) if body else self._run_job(kwargs, progress)
+            return {"job": self.job, **result}
+        except BackupError as exc:
+            raise self.failed(exc, info) from None
+        except SoftTimeLimitExceeded:
+            limit = get_settings().CELERY_TASK_SOFT_TIME_LIMIT
+            raise self.failed(BackupError(
+                f"{self.job} ran longer than CELERY_TASK_SOFT_TIME_LIMIT={limit}s and was stopped",
+                hint="A stopped backup leaves no file and a stopped restore changes nothing; raise the limit and retry.",
+            ), info) from None
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure is still reported as JSON
+            logger.exception("job %s failed unexpectedly", self.job)
+            raise self.failed(BackupError(f"{self.job} failed unexpectedly: {type(exc).__name__}: {exc}",
+                                          hint="See the worker's log for the traceback."), info) from None
+        finally:
+            progress.close()
+
+    def _run_job(self, kwargs: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+        kwargs = checked_kwargs(self.job, kwargs)
+        upload = self.job == "create" and bool(kwargs.pop("upload", False))
+        result = run_job(self.job, kwargs, progress, task_id=self.request.id)
+        if upload:  # after the backup and its lock; retried here, not by a new message that would back up again
+            result["upload"] = retried_in_task(
+                lambda: run_job("upload", {"file": result["name"]}, progress, task_id=self.request.id), "upload")
+        return result
+
+    def failed(self, exc: BackupError, info: dict[str, Any]) -> JobFailed:
+        """The JobFailed to raise for `exc`: TransientJobFailed (retried) when its kind is one this task retries."""
+        file = info.get("file")
+        payload = {**exc.to_dict(), "job": self.job, "task_id": self.request.id,
+                   "file": PurePath(file).name if isinstance(file, str) and file else None}
+        return (TransientJobFailed if exc.transient in self.retry_on else JobFailed)(payload)
+
+    def on_retry(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        logger.warning("job %s hit a transient error (%s); retry %d of %d", self.job, _message(exc),
+                       (self.request.retries or 0) + 1, self.max_retries)
+
+    def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        """Every failure is logged at ERROR (with the database by name) and POSTed to the webhook, if any."""
+        payload = exc.payload if isinstance(exc, JobFailed) and isinstance(exc.payload, dict) else {}
+        database = database_name(kwargs.get("database_url"))
+        message = _message(exc)
+        logger.error("job %s failed (task %s, database %s): %s", self.job, task_id, database, message)
+        notify.notify_failure(job=self.job, database=database, error=message,
+                              file=payload.get("file") or kwargs.get("file") or kwargs.get("name"), task_id=task_id)
+
+
+def _message(exc: BaseException) -> str:
+    payload = exc.payload if isinstance(exc, JobFailed) else None
+    if isinstance(payload, dict) and payload.get("message"):
+        return str(payload["message"])
+    return dsn.mask(f"{type(exc).__name__}: {exc}")
+
+
+def database_name(database_url: str | None) -> str | None:
+    """The target database's name for reports (never the URL)."""
     try:
-        return locks.database_identity(database_url or get_settings().database_url)[0] or None
+        return dsn.parse(database_url or get_settings().database_url).name or None
     except Exception:  # noqa: BLE001 - only for messages
         return None
 
 
-def _fail(task: Any, job: str, error: dict[str, Any], info: dict[str, Any]) -> None:
-    payload = {**error, "job": job, "task_id": task.request.id}
-    database = _database_name(info.get("database_url"))
-    logger.error("job %s failed (task %s, database %s): %s", job, task.request.id, database, payload["message"])
-    notify.notify_failure(job=job, database=database, error=payload["message"], file=info.get("file"),
-                          task_id=task.request.id)
-    raise JobFailed(payload) from None
-
-
-def _execute(task: Any, job: str, info: dict[str, Any], body: Callable[[], dict],
-             retry_if: Callable[[BaseException], bool] | None = None) -> dict[str, Any]:
-    """Run body(); failures become JobFailed (logged, notified), transient ones a retry while any are left.
-
-    `info` holds what a failure report names (database_url, file); the body may add to it.
-    """
-    request = task.request
-    try:
-        if task.acks_late:
-            deliveries = locks.count_delivery(request.id, request.retries or 0)
-            if deliveries > MAX_DELIVERIES:
-                raise BackupError(
-                    f"{job} was delivered {deliveries} times and its worker died each time (killed, or out of "
-                    "memory); not running it again", hint="Check the worker's memory and logs, then start it again.")
-        return body()
-    except Retry:
-        raise
-    except BackupError as exc:
-        if retry_if is not None and retry_if(exc) and (request.retries or 0) < task.max_retries:
-            countdown = _backoff(request.retries or 0)
-            logger.warning("job %s hit a transient error (%s); retry %d of %d in %.0f s", job, exc.message,
-                           (request.retries or 0) + 1, task.max_retries, countdown)
-            raise task.retry(countdown=countdown, exc=JobFailed({**exc.to_dict(), "job": job})) from None
-        _fail(task, job, exc.to_dict(), info)
-    except SoftTimeLimitExceeded:
-        limit = get_settings().CELERY_TASK_SOFT_TIME_LIMIT
-        _fail(task, job, BackupError(
-            f"{job} ran longer than CELERY_TASK_SOFT_TIME_LIMIT={limit}s and was stopped",
-            hint="A stopped backup leaves no file and a stopped restore changes nothing; raise the limit and retry.",
-        ).to_dict(), info)
-    except Exception as exc:  # noqa: BLE001 - an unexpected failure is still reported as JSON
-        logger.exception("job %s failed unexpectedly", job)
-        _fail(task, job, BackupError(f"{job} failed unexpectedly: {type(exc).__name__}: {exc}",
-                                     hint="See the worker's log for the traceback.").to_dict(), info)
-    raise AssertionError("unreachable")
-
-
-def _checked_kwargs(job: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+def checked_kwargs(job: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """What a job may be asked through the queue: backups by name in BACKUP_DIR, nothing written elsewhere."""
     kwargs = dict(kwargs)
     if job in FILE_JOBS:
@@ -237,53 +234,90 @@ def _checked_kwargs(job: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _lock_mode(job: str, kwargs: dict[str, Any]) -> str | None:
-    if job in ("restore", "restore_s3"):
-        return locks.SHARED if kwargs.get("dry_run") else locks.EXCLUSIVE
-    if job in ("create", "diff"):
-        return locks.SHARED
-    return None
+def retried_in_task(fn: Callable[[], dict], what: str) -> dict:
+    """Retry a storage step inside the task (no new message): for steps after a backup was made."""
+    for attempt in range(IN_TASK_ATTEMPTS):
+        try:
+            return fn()
+        except BackupError as exc:
+            if attempt + 1 >= IN_TASK_ATTEMPTS or exc.transient not in STORAGE:
+                raise
+            delay = min(get_exponential_backoff_interval(RETRY_BACKOFF_S, attempt, RETRY_BACKOFF_MAX_S,
+                                                         full_jitter=True), 60)
+            logger.warning("%s failed (%s); retrying in %.0f s", what, exc.message, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
 
 
-def _run(task: Any, job: str, raw_kwargs: dict[str, Any]) -> dict[str, Any]:
-    kwargs = _checked_kwargs(job, raw_kwargs)
-    upload = job == "create" and bool(kwargs.pop("upload", False))
-    progress = TaskProgress(task, job)
-    try:
-        with locks.job_lease(task.request.id, job):
-            with locks.job_lease(task.request.id, job, database_url=kwargs.get("database_url"),
-                                 mode=_lock_mode(job, kwargs), alive=False):
-                result = run_job(job, kwargs, progress=progress)
-            if upload:  # after the lock; retried here, not by a new message that would back up again
-                result["upload"] = _with_retries(lambda: run_job("upload", {"file": result["name"]}, progress),
-                                                 transient_s3, "upload")
-    finally:
-        progress.close()
-    return {"job": job, **result}
+# --- the tasks: one per job, each with its policy ---------------------------------------------------------
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.create", retry_on=DATABASE)
+def create(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    """Back up the worker's database (then upload it, with upload=True)."""
+    return self.perform(kwargs)
 
 
-def _define(job: str, *, acks_late: bool, retry_if: Callable[[BaseException], bool] | None = None):
-    def run(self, **kwargs: Any) -> dict[str, Any]:
-        info = {"database_url": kwargs.get("database_url"), "file": kwargs.get("file") or kwargs.get("name")}
-        return _execute(self, job, info, lambda: _run(self, job, kwargs), retry_if)
-
-    run.__name__ = run.__qualname__ = job
-    run.__doc__ = f"The {job!r} job (backup_tasks.jobs) on a worker."
-    return app.task(bind=True, name=f"backup_tasks.{job}", acks_late=acks_late, reject_on_worker_lost=acks_late,
-                    throws=(JobFailed,), max_retries=MAX_RETRIES)(run)
+@app.task(base=JobTask, bind=True, name="backup_tasks.diff")
+def diff(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    return self.perform(kwargs)
 
 
-create = _define("create", acks_late=True, retry_if=transient_db)
-diff = _define("diff", acks_late=True)
-restore = _define("restore", acks_late=False)  # never redelivered, never retried: see the module docstring
-verify = _define("verify", acks_late=True)
-list_local = _define("list_local", acks_late=True)
-upload = _define("upload", acks_late=True, retry_if=transient_s3)
-download = _define("download", acks_late=True, retry_if=transient_s3)
-list_s3 = _define("list_s3", acks_late=True, retry_if=transient_s3)
-restore_s3 = _define("restore_s3", acks_late=False, retry_if=transient_s3)  # S3 errors only arise before restoring
-verify_s3 = _define("verify_s3", acks_late=True, retry_if=transient_s3)
-cleanup = _define("cleanup", acks_late=True, retry_if=transient_s3)
+# Acknowledged on start, never redelivered, never retried: a restore cut off by a crash was rolled back, and
+# one `backupctl restore` must never replace the data twice (e.g. hours later, over rows written since).
+@app.task(base=JobTask, bind=True, name="backup_tasks.restore", acks_late=False, reject_on_worker_lost=False)
+def restore(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    return self.perform(kwargs)
+
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.restore_s3", acks_late=False, reject_on_worker_lost=False,
+          retry_on=STORAGE)
+def restore_s3(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    """Download, verify, restore; S3 errors (retried) only arise before the restore begins."""
+    return self.perform(kwargs)
+
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.verify")
+def verify(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    return self.perform(kwargs)
+
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.list_local")
+def list_local(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    return self.perform(kwargs)
+
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.upload", retry_on=STORAGE)
+def upload(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    return self.perform(kwargs)
+
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.download", retry_on=STORAGE)
+def download(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    return self.perform(kwargs)
+
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.list_s3", retry_on=STORAGE)
+def list_s3(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    return self.perform(kwargs)
+
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.verify_s3", retry_on=STORAGE)
+def verify_s3(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    return self.perform(kwargs)
+
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.cleanup", retry_on=STORAGE)
+def cleanup(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    return self.perform(kwargs)
+
+
+# --- what the client asks before enqueuing ---------------------------------------------------------------
+
+@inspect_command(name=TARGET_COMMAND)
+def backup_tasks_target(state: Any, **kwargs: Any) -> dict[str, Any]:
+    """The database this worker's jobs act on (name, host, port; never the URL). Answered by the worker's main
+    process, even while every pool process runs a job: the client's ping (cli/dispatch.py) asks it."""
+    return {"ok": WorkerTarget.of(get_settings().database_url).model_dump()}
 
 
 # --- the scheduled backup ---------------------------------------------------------------------------------
@@ -300,41 +334,33 @@ def _slot(cron: str | None, tz: str | None, slot: str | None) -> str:
     return schedule.slot_id(due)
 
 
-def _scheduled(task: Any, info: dict[str, Any], cron: str | None, tz: str | None, slot: str | None) -> dict:
+def _scheduled(task: JobTask, info: dict[str, Any], progress: ProgressFn, cron: str | None, tz: str | None,
+               slot: str | None) -> dict[str, Any]:
     settings = get_settings()
     slot = _slot(cron, tz, slot)
-    db = locks.database_key(settings.database_url)
-    out: dict[str, Any] = {"job": "scheduled_backup", "slot": slot, "database": _database_name(None)}
-    status, detail = locks.claim_slot(db, slot, task.request.id)
+    url, task_id = settings.database_url, task.request.id
+    status, detail = queue_state.claim_slot(url, slot, task_id)
     if status == "taken":
         logger.warning("scheduled backup for slot %s skipped: task %s already has it", slot, detail)
-        return {**out, "skipped": True, "reason": f"slot {slot} was already taken by task {detail}"}
-    progress = TaskProgress(task, "scheduled_backup")
-    try:
-        with locks.job_lease(task.request.id, "scheduled_backup"):
-            if status == "created":  # this task made the backup, then its worker died: finish the rest
-                created: dict[str, Any] = {"name": detail, "resumed": True}
-            else:
-                with locks.job_lease(task.request.id, "scheduled_backup", mode=locks.SHARED, alive=False):
-                    created = run_job("create", {}, progress=progress)
-                locks.slot_created(db, slot, task.request.id, created["name"])
-            info["file"] = created["name"]
-            uploaded = None
-            if settings.s3_enabled:
-                uploaded = _with_retries(lambda: run_job("upload", {"file": created["name"]}, progress),
-                                         transient_s3, "upload")
-            cleaned = _with_retries(lambda: run_job("cleanup", {"target": "all"}, progress), transient_s3,
-                                    "cleanup")
-    finally:
-        progress.close()
-    return {**out, "skipped": False, "create": created, "upload": uploaded, "cleanup": cleaned}
+        return ScheduledBackupResult(slot=slot, database=database_name(None), skipped=True,
+                                     reason=f"slot {slot} was already taken by task {detail}").model_dump(mode="json")
+    if status == "created":  # this task made the backup, then its worker died: finish the rest
+        created: dict[str, Any] = {"name": detail, "resumed": True}
+    else:
+        created = run_job("create", {}, progress, task_id=task_id)
+        queue_state.slot_created(url, slot, task_id, created["name"])
+    info["file"] = created["name"]
+    uploaded = None
+    if settings.s3_enabled:
+        uploaded = retried_in_task(lambda: run_job("upload", {"file": created["name"]}, progress, task_id=task_id),
+                                   "upload")
+    cleaned = retried_in_task(lambda: run_job("cleanup", {"target": "all"}, progress, task_id=task_id), "cleanup")
+    return ScheduledBackupResult(slot=slot, database=database_name(None), skipped=False, create=created,
+                                 upload=uploaded, cleanup=cleaned).model_dump(mode="json")
 
 
-@app.task(bind=True, name="backup_tasks.scheduled_backup", acks_late=True, reject_on_worker_lost=True,
-          throws=(JobFailed,), max_retries=MAX_RETRIES)
-def scheduled_backup(self, cron: str | None = None, timezone: str | None = None,
+@app.task(base=JobTask, bind=True, name="backup_tasks.scheduled_backup", retry_on=DATABASE)
+def scheduled_backup(self: JobTask, cron: str | None = None, timezone: str | None = None,
                      slot: str | None = None) -> dict[str, Any]:
     """Beat's job: create -> upload (when S3 is configured) -> cleanup, at most once per schedule slot."""
-    info: dict[str, Any] = {"database_url": None, "file": None}
-    return _execute(self, "scheduled_backup", info, lambda: _scheduled(self, info, cron, timezone, slot),
-                    transient_db)
+    return self.perform({}, lambda info, progress: _scheduled(self, info, progress, cron, timezone, slot))

@@ -17,7 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from backup_tasks.checksum import read_sidecar, sha256_file, sidecar_path, write_sidecar
-from backup_tasks.cli import _register, cli
+from backup_tasks.cli import cli, register_commands
 from backup_tasks.errors import (
     AbortedError,
     ConfigError,
@@ -32,7 +32,7 @@ from tests.adversarial.faulty_proxy import FaultyProxy
 
 pytest_plugins = ["tests.s3_server"]
 
-_register()
+register_commands()
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -230,14 +230,14 @@ def test_restore_s3_refuses_a_tampered_object_before_touching_the_database(s3_bu
 
 @pytest.mark.s3
 def test_s3_temp_download_is_removed_whatever_happens(s3_bucket, backup_dir_env):
-    from backup_tasks.jobs.storage import _downloaded
+    from backup_tasks.jobs.storage import downloaded_to_temp
     from backup_tasks.progress import no_progress
 
     f = fake_backup(backup_dir_env, NOW)
     ok("upload", f.name, "--local")
 
     with pytest.raises(RuntimeError):
-        with _downloaded(f.name, no_progress) as (path, source):
+        with downloaded_to_temp(f.name, no_progress) as (path, source):
             assert path.read_bytes() == f.read_bytes() and source["sha256"] == sha256_file(f)
             assert path.parent.parent == backup_dir_env  # in BACKUP_DIR: nothing is written outside it (issue 7)
             raise RuntimeError("restore failed")

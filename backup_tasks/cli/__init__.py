@@ -16,10 +16,11 @@ def cli() -> None:
     """PostgreSQL backup and restore to gzip JSON, without pg_dump."""
 
 
-def _register() -> None:
-    from . import db_commands, job_commands, storage_commands  # noqa: F401  (they add their commands to `cli`)
+def register_commands() -> None:
+    """Import the command modules, which add their commands to `cli` (main does; so do in-process tests)."""
+    from . import db_commands, job_commands, storage_commands  # noqa: F401
 
 
 def main() -> None:
-    _register()
+    register_commands()
     run_main(cli)

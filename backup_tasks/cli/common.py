@@ -7,8 +7,6 @@ from typing import Any, Callable
 
 import click
 
-from ..progress import Progress
-
 
 def job_options(fn: Callable) -> Callable:
     """--local / --no-wait for commands that run a job."""
@@ -37,9 +35,3 @@ def run_job(name: str, kwargs: dict[str, Any], *, local: bool, no_wait: bool = F
     from .dispatch import dispatch
 
     return dispatch(name, kwargs, local=local, no_wait=no_wait)
-
-
-def progress_printer() -> Callable[[Progress], None]:
-    from .progressbar import ProgressBar
-
-    return ProgressBar()

@@ -8,9 +8,11 @@ from pathlib import Path
 import click
 
 from ..errors import AbortedError
+from ..jobs.results import CreateJobResult, DiffJobResult, RestoreJobResult, VerifyJobResult
 from . import cli
 from .common import database_option, job_options, run_job
-from .render import render_create, render_diff, render_diff_tables, render_restore, render_verify, timestamp
+from .render import (as_model, render_create, render_diff, render_dry_run, render_restore, render_restore_preface,
+                     render_verify)
 
 
 @cli.command()
@@ -28,7 +30,7 @@ def create(output_dir, upload, jobs, database_url, local, no_wait):
     kwargs = {"output_dir": output_dir, "database_url": database_url, "upload": upload, "jobs": jobs}
     result = run_job("create", kwargs, local=local, no_wait=no_wait)
     if result is not None:
-        render_create(result)
+        render_create(as_model(CreateJobResult, result))
 
 
 @cli.command()
@@ -43,19 +45,25 @@ def diff(file, tables, counts_only, database_url, local, no_wait):
     result = run_job("diff", {"file": file, "database_url": database_url, "detailed": not counts_only,
                               "tables": list(tables) or None}, local=local, no_wait=no_wait)
     if result is not None:
-        render_diff(result)
+        render_diff(as_model(DiffJobResult, result))
 
 
-def confirm_restore(target: str, backup_db: str | None, yes: bool) -> None:
-    """Ask on a terminal; without one, refuse unless --yes. Restoring over another database name warns first."""
-    if yes:
-        return
-    if not sys.stdin.isatty():
+def require_terminal(yes: bool) -> None:
+    """Without --yes a person must confirm: refuse at once, before any job runs, when there is no terminal."""
+    if not yes and not sys.stdin.isatty():
         raise AbortedError("refusing to restore without confirmation (no terminal)",
                            hint="Pass --yes to restore non-interactively.")
+
+
+def confirm_restore(target: str, host: str | None, backup_db: str | None) -> None:
+    """Ask on the terminal (require_terminal came first). Restoring over another database name warns first.
+
+    `target`/`host` are those the job will restore into, as the job itself reported them (a worker's own
+    DATABASE_URL for a queued job), never this process's guess."""
     if backup_db and target and backup_db != target:
         click.secho(f"Warning: this backup was taken from database {backup_db!r}, not {target!r}.", fg="yellow")
-    if not click.confirm(f"Restore into database {target}? This replaces its data.", default=False):
+    where = f"{target} on {host}" if host else target
+    if not click.confirm(f"Restore into database {where}? This replaces its data.", default=False):
         raise AbortedError("restore cancelled; nothing was changed")
 
 
@@ -67,29 +75,27 @@ def confirm_restore(target: str, backup_db: str | None, yes: bool) -> None:
 @database_option
 @job_options
 def restore(file, dry_run, yes, tables, database_url, local, no_wait):
-    """Replace the database's data with FILE's, in one transaction (FILE: path or backup name)."""
-    tables = list(tables) or None
+    """Replace the database's data with FILE's, in one transaction (FILE: path or backup name).
+
+    With --yes one restore job runs and reports the seed's row-count diff it computed first; on a terminal the
+    detailed diff is computed and shown (a person will read it), then the restore runs once confirmed."""
+    args = {"file": file, "database_url": database_url, "tables": list(tables) or None}
     click.echo(f"Restoring from backup: {Path(file).name}")
     if dry_run:
-        result = run_job("restore", {"file": file, "database_url": database_url, "dry_run": True, "tables": tables},
-                         local=local, no_wait=no_wait)
+        result = run_job("restore", {**args, "dry_run": True}, local=local, no_wait=no_wait)
         if result is not None:
-            render_diff(result["diff"])
-            click.echo("")
-            click.echo(result["message"])
+            render_dry_run(as_model(RestoreJobResult, result))
         return
+    require_terminal(yes)
     click.echo("")
     click.echo("Calculating diff before restore...")
-    d = run_job("diff", {"file": file, "database_url": database_url, "tables": tables}, local=local)
-    click.echo(f"Backup created at: {timestamp(d.get('backup_timestamp'))}")
-    click.echo(f"Migration version: {d.get('backup_migration_version') or '(none)'}")
-    render_diff_tables(d)
-    click.echo(f"Total: {d['total_current_rows']} rows → {d['total_backup_rows']} rows ({d['total_diff']:+d})")
-    confirm_restore(d.get("target_database"), d.get("backup_database_name"), yes)
-    result = run_job("restore", {"file": file, "database_url": database_url, "tables": tables, "show_diff": False},
-                     local=local, no_wait=no_wait)
+    if not yes:
+        preview = as_model(DiffJobResult, run_job("diff", args, local=local))
+        render_restore_preface(preview)
+        confirm_restore(preview.target_database, preview.target_host, preview.backup_database_name)
+    result = run_job("restore", {**args, "show_diff": yes}, local=local, no_wait=no_wait)
     if result is not None:
-        render_restore(result)
+        render_restore(as_model(RestoreJobResult, result))
 
 
 @cli.command()
@@ -99,4 +105,4 @@ def verify(file, local, no_wait):
     """Check FILE completely (checksum, gzip, JSON, row counts) without touching a database."""
     result = run_job("verify", {"file": file}, local=local, no_wait=no_wait)
     if result is not None:
-        render_verify(result)
+        render_verify(as_model(VerifyJobResult, result))

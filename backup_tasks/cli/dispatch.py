@@ -1,9 +1,11 @@
 """Where a job runs: on a Celery worker (default: enqueue, then wait with a progress bar) or here (--local).
 
 The client never hangs on a dead queue: it pings the broker (2 s socket timeouts) and asks the workers for a
-pong (1.5 s) before enqueuing, and raises QueueError with the hint to start a worker or use --local.
-While waiting it follows the job's states (PROGRESS draws the bar); a job whose worker died (its liveness
-key in Redis lapsed) is reported as lost instead of being waited on forever. Ctrl-C leaves the job running.
+reply (1.5 s) before enqueuing, and raises QueueError with the hint to start a worker or use --local. The reply
+names the database the worker's jobs act on (its DATABASE_URL): when this process's own DATABASE_URL names
+another, a note on stderr says so before anything runs (the restore prompts name the database the job itself
+reported, see db_commands.confirm_restore). While waiting it follows the job's states (PROGRESS draws the bar); a job whose worker died (its
+liveness key in Redis lapsed) is reported as lost, about 20 s after the crash. Ctrl-C leaves the job running.
 """
 
 from __future__ import annotations
@@ -11,12 +13,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import urlsplit
 
 import click
 
-from .. import errors
-from ..errors import BackupError, ExitCode, QueueError, UsageError
+from .. import dsn, errors
+from ..errors import BackupError, ConfigError, ExitCode, QueueError, Transient, UsageError
+from ..jobs.results import WorkerTarget
 from ..names import is_backup_name
 from ..progress import Progress
 from ..settings import get_settings
@@ -26,7 +28,9 @@ BROKER_TIMEOUT_S = 2.0
 PING_TIMEOUT_S = 1.5
 POLL_S = 1.0
 QUEUE_HINT = "Start a worker with `make worker`, or use --local to run the job in this process."
+DATABASE_JOBS = {"create", "diff", "restore", "restore_s3"}  # jobs that act on a database
 _PROGRESS_FIELDS = set(Progress.__dataclass_fields__)
+_noted: set[str] = set()  # brokers whose workers' other database was noted: once per command (restore: 2 jobs)
 
 
 def run_local(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +50,9 @@ def dispatch(name: str, kwargs: dict[str, Any], *, local: bool, no_wait: bool = 
     from ..celery_app import app
 
     kwargs = remote_kwargs(name, kwargs)
-    ensure_worker(app)
+    worker = ensure_worker(app)
+    if name in DATABASE_JOBS and not kwargs.get("database_url"):
+        note_other_database(app.conf.broker_url, worker)
     task_id = enqueue(app, name, kwargs)
     if no_wait:
         click.echo(task_id)
@@ -74,24 +80,13 @@ def remote_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if kwargs.get("output_dir"):
         raise UsageError("--output-dir works only with --local: a worker writes backups to its BACKUP_DIR")
     url = kwargs.get("database_url")
-    if url and _has_password(url):
+    if url and dsn.has_password(url):
         raise UsageError("a --database-url with a password is not sent to a worker (the broker would store it)",
                          hint="Set DATABASE_URL in the worker's environment, or use --local.")
     return kwargs
 
 
-def _has_password(url: str) -> bool:
-    if "://" in url:
-        try:
-            return bool(urlsplit(url).password) or "password=" in urlsplit(url).query
-        except ValueError:
-            return True
-    return "password=" in url
-
-
 def ensure_broker(app: Any) -> None:
-    from ..celery_app import safe_url
-
     url = app.conf.broker_url
     try:
         if url.split("://", 1)[0] in ("redis", "rediss", "unix"):
@@ -102,21 +97,45 @@ def ensure_broker(app: Any) -> None:
             with app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=BROKER_TIMEOUT_S)
     except Exception as exc:  # noqa: BLE001 - every way of not reaching the broker is the same answer
-        raise QueueError(f"cannot reach the broker at {safe_url(url)} ({type(exc).__name__}: {exc})",
+        raise QueueError(f"cannot reach the broker at {dsn.mask(url)} ({type(exc).__name__}: {exc})",
                          hint=QUEUE_HINT) from None
 
 
-def ensure_worker(app: Any) -> None:
+def ensure_worker(app: Any) -> WorkerTarget | None:
+    """A worker answers (else QueueError); returns the database its jobs act on (None: an older worker that does
+    not say)."""
+    from ..celery_app import TARGET_COMMAND
+
     ensure_broker(app)
     try:
-        replies = app.control.ping(timeout=PING_TIMEOUT_S, limit=1)
+        replies = app.control.broadcast(TARGET_COMMAND, reply=True, timeout=PING_TIMEOUT_S, limit=1)
     except Exception as exc:  # noqa: BLE001
         raise QueueError(f"cannot ask the workers for a ping ({type(exc).__name__}: {exc})", hint=QUEUE_HINT) from None
     if not replies:
-        from ..celery_app import safe_url
-
-        raise QueueError(f"no Celery worker answered within {PING_TIMEOUT_S:g} s on {safe_url(app.conf.broker_url)}",
+        raise QueueError(f"no Celery worker answered within {PING_TIMEOUT_S:g} s on {dsn.mask(app.conf.broker_url)}",
                          hint=QUEUE_HINT)
+    answer = next(iter(replies[0].values()), None)
+    try:
+        target = WorkerTarget.model_validate(answer["ok"])
+    except (KeyError, TypeError, ValueError):  # {"error": …}: a worker of a version without the command
+        target = None
+    return target
+
+
+def note_other_database(broker: str, worker: WorkerTarget | None) -> None:
+    """On stderr, before a queued job runs (once per command): this process's own DATABASE_URL (environment or
+    .env) names another database than the worker's, which the job will act on."""
+    settings = get_settings()
+    if broker in _noted or worker is None or "DATABASE_URL" not in settings.model_fields_set:
+        return  # said already, or nothing to compare: the worker did not say, or this process has only the default
+    _noted.add(broker)
+    try:
+        mine = dsn.parse(settings.database_url)
+    except ConfigError:
+        return
+    if mine.key != worker.key:
+        click.echo(f"Note: this job runs on a worker, on its DATABASE_URL: {worker.description}. This shell's "
+                   f"DATABASE_URL ({mine.describe()}) is not used; add --local to use it.", err=True)
 
 
 def enqueue(app: Any, name: str, kwargs: dict[str, Any]) -> str:
@@ -136,7 +155,11 @@ def error_from_payload(payload: Any) -> BackupError:
     cls = getattr(errors, str(payload.get("type")), None)
     if not (isinstance(cls, type) and issubclass(cls, BackupError)):
         cls = BackupError
-    exc = cls(str(payload["message"]), payload.get("hint"))
+    try:
+        transient = Transient(payload["transient"]) if payload.get("transient") else None
+    except ValueError:  # a kind this client does not know
+        transient = None
+    exc = cls(str(payload["message"]), payload.get("hint"), transient=transient)
     code = payload.get("exit_code")
     if isinstance(code, int) and code != int(exc.exit_code):
         try:
@@ -172,12 +195,6 @@ def progress_from_meta(meta: Any) -> Progress | None:
     return Progress(**{k: v for k, v in meta.items() if k in _PROGRESS_FIELDS})
 
 
-def _lost_after_s() -> float:
-    # The key is renewed every TTL/3 and had lapsed (a full TTL without renewal) when first seen missing;
-    # one more TTL absorbs a heartbeat that a Redis hiccup delayed.
-    return float(get_settings().JOB_LOCK_TTL_S) + POLL_S
-
-
 def follow(app: Any, task_id: str, on_progress: Callable[[Progress], None] | None = None, *,
            on_state: Callable[[dict], None] | None = None, poll_s: float = POLL_S,
            timeout_s: float | None = None) -> dict[str, Any]:
@@ -189,7 +206,7 @@ def follow(app: Any, task_id: str, on_progress: Callable[[Progress], None] | Non
     from celery import states
     from celery.exceptions import TimeoutError as CeleryTimeout
 
-    from .. import locks
+    from .. import queue_state
 
     result = app.AsyncResult(task_id)
     started = time.monotonic()
@@ -211,11 +228,13 @@ def follow(app: Any, task_id: str, on_progress: Callable[[Progress], None] | Non
             if status in states.READY_STATES:
                 return meta
             if status in (states.STARTED, "PROGRESS"):
-                if locks.job_alive(task_id):
+                # The key had lapsed (a full TTL without renewal) when first seen missing; LOST_AFTER_S more
+                # absorbs a renewal that a Redis hiccup delayed. Kill to report: ~TTL + LOST_AFTER_S + a poll.
+                if queue_state.job_alive(task_id):
                     missing_since = None
                 elif missing_since is None:
                     missing_since = time.monotonic()
-                elif time.monotonic() - missing_since > _lost_after_s():
+                elif time.monotonic() - missing_since > queue_state.LOST_AFTER_S:
                     raise QueueError(
                         f"job {task_id} was lost: the worker running it stopped without a result (killed or crashed)",
                         hint="A restore that was cut off was rolled back, so nothing changed; a backup left no file. "
@@ -230,9 +249,7 @@ def follow(app: Any, task_id: str, on_progress: Callable[[Progress], None] | Non
     except BackupError:
         raise
     except Exception as exc:  # noqa: BLE001 - Redis went away while waiting
-        from ..celery_app import safe_url
-
-        raise QueueError(f"lost the result backend at {safe_url(app.conf.result_backend)} while waiting for job "
+        raise QueueError(f"lost the result backend at {dsn.mask(app.conf.result_backend)} while waiting for job "
                          f"{task_id} ({type(exc).__name__}: {exc})",
                          hint=f"The job may still run; follow it with `backupctl wait {task_id}`.") from None
     finally:

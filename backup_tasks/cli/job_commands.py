@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-import json
 import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import click
 
+from .. import dsn
 from ..errors import ConfigError, QueueError, StaleBackupError
+from ..jobs.results import CreateJobResult, ListingJobResult, ScheduledBackupResult
+from ..units import format_bytes
 from . import cli
 from .common import run_job
-from .render import human_size, render_create, render_diff, render_restore, render_verify
+from .render import as_model, render_result, summary_of_scheduled
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
 _UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -51,69 +53,38 @@ class _Duration(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-# --- rendering a job's result by the job name stored in it ------------------------------------------------
-
-def render_result(result: dict[str, Any]) -> None:
-    """Print a finished job's result as the command that started it would have."""
-    job = result.get("job")
-    if job == "create":
-        render_create(result)
-    elif job == "diff":
-        render_diff(result)
-    elif job == "restore" and result.get("dry_run"):
-        render_diff(result["diff"])
-        click.echo("")
-        click.echo(result["message"])
-    elif job == "restore":
-        render_restore(result)
-    elif job == "verify":
-        render_verify(result)
-    elif job in ("list_local", "list_s3"):
-        try:
-            from .storage_commands import _print_backups
-        except ImportError:  # pragma: no cover - storage commands not installed
-            click.echo(json.dumps(result, indent=2, sort_keys=True))
-        else:
-            _print_backups(result)
-    elif job == "upload":
-        click.echo(f"Uploaded {result.get('source')} to {result.get('url')} ({human_size(result.get('size', 0))}, "
-                   f"sha256 {result.get('sha256')})")
-    elif job == "download":
-        click.echo(f"Downloaded {result.get('url')} to {result.get('path')} ({human_size(result.get('size', 0))})")
-    elif job == "scheduled_backup":
-        click.echo(summary(result))
-    else:
-        click.echo(json.dumps(result, indent=2, sort_keys=True))
-
-
 def summary(result: Any) -> str:
+    """One line for `backupctl status`: what a finished job did."""
     if not isinstance(result, dict):
         return str(result)
     job = result.get("job")
     if job == "create":
-        return (f"backup {result.get('name')}: {result.get('total_rows')} rows, "
-                f"{human_size(result.get('compressed_bytes') or 0)}")
+        created = as_model(CreateJobResult, result)
+        return f"backup {created.name}: {created.total_rows} rows, {format_bytes(created.compressed_bytes)}"
     if job == "scheduled_backup":
-        if result.get("skipped"):
-            return f"scheduled backup for slot {result.get('slot')} skipped: {result.get('reason')}"
-        created = result.get("create") or {}
-        uploaded = " and uploaded" if result.get("upload") else ""
-        return f"scheduled backup for slot {result.get('slot')}: {created.get('name')}{uploaded}"
+        return summary_of_scheduled(as_model(ScheduledBackupResult, result))
     if job in ("list_local", "list_s3"):
-        return f"{len(result.get('backups') or [])} backups in {result.get('where')}"
-    for key in ("message", "name", "path", "url"):
+        listing = as_model(ListingJobResult, result)
+        return f"{len(listing.backups)} backups in {listing.where}"
+    for key in ("message", "name", "path", "url"):  # the other jobs' results all have one of these
         if result.get(key):
             return str(result[key])
     return "done"
 
 
 def _progress_line(meta: dict[str, Any]) -> str:
-    rows = f"{meta.get('rows_done', 0):,}" + (f"/{meta['rows_total']:,}" if meta.get("rows_total") else "")
-    size = human_size(meta.get("bytes_done") or 0)
-    if meta.get("bytes_total"):
-        size += f"/{human_size(meta['bytes_total'])}"
-    table = f" {meta['table']}" if meta.get("table") else ""
-    return f"{meta.get('phase')}{table}: {rows} rows, {size}"
+    from .dispatch import progress_from_meta
+
+    event = progress_from_meta(meta)
+    if event is None:
+        return "(no progress reported yet)"
+    rows = f"{event.rows_done:,}" + (f"/{event.rows_total:,}" if event.rows_total else "")
+    size = format_bytes(event.bytes_done)
+    if event.bytes_total:
+        size += f"/{format_bytes(event.bytes_total)}"
+    table = f" {event.table}" if event.table else ""
+    message = f" ({event.message})" if event.message else ""
+    return f"{event.phase}{table}: {rows} rows, {size}{message}"
 
 
 def _app():
@@ -123,12 +94,10 @@ def _app():
 
 
 def _meta(app: Any, task_id: str) -> dict[str, Any]:
-    from ..celery_app import safe_url
-
     try:
         return app.backend.get_task_meta(task_id)
     except Exception as exc:  # noqa: BLE001
-        raise QueueError(f"cannot read job {task_id} from the result backend at {safe_url(app.conf.result_backend)} "
+        raise QueueError(f"cannot read job {task_id} from the result backend at {dsn.mask(app.conf.result_backend)} "
                          f"({type(exc).__name__}: {exc})", hint="Check that Redis is running.") from None
 
 
@@ -170,13 +139,26 @@ def wait_cmd(task_id: str) -> None:
     render_result(wait(_app(), task_id))
 
 
-def _listing(job: str, local: bool) -> dict[str, Any] | None:
+def _listing(job: str, local: bool, *, optional: bool) -> ListingJobResult | None:
     try:
-        return run_job(job, {}, local=local)
+        return as_model(ListingJobResult, run_job(job, {}, local=local))
     except ConfigError:
-        if job == "list_s3":
+        if optional and job == "list_s3":
             return None  # S3 not configured
         raise
+
+
+def _newest(listings: list[ListingJobResult]) -> tuple[datetime, str, str] | None:
+    """(created, name, location) of the newest non-empty backup of all listings."""
+    newest: tuple[datetime, str, str] | None = None
+    for listing in listings:
+        for b in listing.backups:
+            if not b.size:
+                continue
+            created = b.created_at if b.created_at.tzinfo else b.created_at.replace(tzinfo=timezone.utc)
+            if newest is None or created > newest[0]:
+                newest = (created, b.name, listing.location)
+    return newest
 
 
 @cli.command()
@@ -188,27 +170,11 @@ def _listing(job: str, local: bool) -> dict[str, Any] | None:
 def check(max_age: timedelta, target: str, local: bool) -> None:
     """Exit 11 when the newest backup is older than --max-age (for monitors: backups that silently stopped)."""
     jobs = {"local": ["list_local"], "s3": ["list_s3"], "all": ["list_local", "list_s3"]}[target]
-    newest: tuple[datetime, str, str] | None = None
-    looked: list[str] = []
-    for job in jobs:
-        if target == "s3":
-            listing = run_job(job, {}, local=local)
-        else:
-            listing = _listing(job, local)
-        if listing is None:
-            continue
-        looked.append(f"{listing.get('location')} ({listing.get('where')})")
-        for b in listing.get("backups") or []:
-            if not b.get("size"):
-                continue
-            created = datetime.fromisoformat(b["created_at"])
-            if created.tzinfo is None:
-                created = created.replace(tzinfo=timezone.utc)
-            if newest is None or created > newest[0]:
-                newest = (created, b["name"], str(listing.get("location")))
-    where = ", ".join(looked) or target
+    listings = [x for x in (_listing(job, local, optional=target != "s3") for job in jobs) if x is not None]
+    where = ", ".join(f"{x.location} ({x.where})" for x in listings) or target
     hint = ("Check the worker and Beat (`make worker`, `make beat`) and their logs: the scheduled backup "
             "may have stopped, or be failing (see BACKUP_NOTIFY_WEBHOOK_URL).")
+    newest = _newest(listings)
     if newest is None:
         raise StaleBackupError(f"no backups found in {where}", hint=hint)
     created, name, location = newest

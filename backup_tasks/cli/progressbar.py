@@ -5,14 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..progress import Progress
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if abs(n) < 1024 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n} B"
+from ..units import format_bytes
 
 
 class ProgressBar:
@@ -50,7 +43,10 @@ class ProgressBar:
             total, done = event.rows_total, event.rows_done
         else:
             total, done = None, 0
-        detail = f"{event.table or ''} {event.rows_done:,} rows {_fmt_bytes(event.bytes_done)}".strip()
+        # A phase message ("rebuilding 3 indexes", "committing") says what happens after the rows, when the
+        # counts stand still; otherwise the table and the counts.
+        counts = f"{event.table or ''} {event.rows_done:,} rows {format_bytes(event.bytes_done, 1)}".strip()
+        detail = event.message or counts
         self._progress.update(self._task, description=event.phase, total=total, completed=done, detail=detail)
 
     def close(self) -> None:

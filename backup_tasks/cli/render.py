@@ -1,25 +1,36 @@
-"""Job results (JSON dicts) rendered as the seed's reports. Same output whether the job ran here or on a worker."""
+"""Job results rendered as the seed's reports, from the models the jobs return (jobs/results.py).
+
+The dict a job returned (here or on a worker) is validated back into its model at the edge (`as_model`), so
+what is printed does not depend on where the job ran. One function per report; `render_result` picks one by
+the job name a task stores in its result (`backupctl wait`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from datetime import datetime
+from typing import Any, TypeVar
 
 import click
+from pydantic import BaseModel
+
+from ..jobs.results import (CleanupJobResult, CreateJobResult, DiffJobResult, DownloadJobResult, ListingJobResult,
+                            RestoreJobResult, ScheduledBackupResult, StoredBackup, UploadJobResult, VerifyJobResult)
+from ..models import DiffSummary, TableDiff
+from ..units import format_bytes
+
+M = TypeVar("M", bound=BaseModel)
 
 
-def human_size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if abs(n) < 1024:
-            return f"{n:.2f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.2f} TB"
+def as_model(model: type[M], result: dict[str, Any] | M) -> M:
+    return result if isinstance(result, model) else model.model_validate(result)
 
 
-def timestamp(value: str | None) -> str:
+def timestamp(value: datetime | str | None) -> str:
     """ISO timestamps as the seed prints them: 2025-11-01T12:34:56.789Z."""
     if not value:
         return "unknown"
-    text = value.replace("+00:00", "Z")
+    text = (value.isoformat() if isinstance(value, datetime) else value).replace("+00:00", "Z")
     if "." in text:
         head, frac = text.split(".", 1)
         digits = "".join(ch for ch in frac if ch.isdigit())
@@ -27,70 +38,183 @@ def timestamp(value: str | None) -> str:
     return text if text.endswith("Z") else text + "Z"
 
 
-def render_create(r: dict[str, Any]) -> None:
-    click.echo(f"Migration version: {r.get('migration_version') or '(none)'}")
-    for t in r["tables"]:
-        click.echo(f"- {t['name']}: {t['rows']} rows ({human_size(t['bytes'])})")
-    click.echo(f"Total: {len(r['tables'])} tables, {r['total_rows']} rows")
-    if r.get("large_objects"):
-        click.echo(f"Large objects: {r['large_objects']} ({human_size(r.get('large_object_bytes') or 0)})")
-    for item in r.get("not_included") or []:
-        click.echo(f"Not included: {item['kind']} {item['name']} ({item['reason']})")
-    click.echo(f"Backup size: {human_size(r['uncompressed_bytes'])} → {human_size(r['compressed_bytes'])} (compressed)")
-    click.echo(f"Saved to: {r['path']}")
-    if r.get("upload"):
-        up = r["upload"]
-        click.echo(f"Uploaded to: {up.get('location') or up.get('key') or up.get('name')}")
+def render_create(r: CreateJobResult) -> None:
+    click.echo(f"Migration version: {r.migration_version or '(none)'}")
+    for t in r.tables:
+        click.echo(f"- {t.name}: {t.rows} rows ({format_bytes(t.bytes)})")
+    click.echo(f"Total: {len(r.tables)} tables, {r.total_rows} rows")
+    if r.large_objects:
+        click.echo(f"Large objects: {r.large_objects} ({format_bytes(r.large_object_bytes)})")
+    for item in r.not_included:
+        click.echo(f"Not included: {item.kind} {item.name} ({item.reason})")
+    click.echo(f"Backup size: {format_bytes(r.uncompressed_bytes)} → {format_bytes(r.compressed_bytes)} (compressed)")
+    click.echo(f"Saved to: {r.path}")
+    if r.upload is not None:
+        click.echo(f"Uploaded to: {r.upload.url}")
 
 
-def _diff_line(name: str, t: dict[str, Any]) -> str:
-    line = f"  {name}: {t['current_rows']} → {t['backup_rows']} ({t['diff']:+d})"
-    if t.get("to_insert") is not None:
-        changes = [f"{label} {t[key]}" for key, label in
-                   (("to_insert", "insert"), ("to_delete", "delete"), ("to_change", "change")) if t.get(key)]
+def _diff_line(name: str, t: TableDiff) -> str:
+    line = f"  {name}: {t.current_rows} → {t.backup_rows} ({t.diff:+d})"
+    if t.to_insert is not None:
+        changes = [f"{label} {n}" for n, label in
+                   ((t.to_insert, "insert"), (t.to_delete, "delete"), (t.to_change, "change")) if n]
         line += f"  [{', '.join(changes)}]" if changes else "  [no row changes]"
-    if not t.get("in_backup", True):
+    if not t.in_backup:
         line += "  (not in backup: will be emptied)"
     return line
 
 
-def render_diff_tables(d: dict[str, Any]) -> None:
-    for name, t in d["tables"].items():
+def render_diff_tables(d: DiffSummary) -> None:
+    for name, t in d.tables.items():
         click.echo(_diff_line(name, t))
 
 
-def render_diff(d: dict[str, Any]) -> None:
-    click.echo(f"Backup created at: {timestamp(d.get('backup_timestamp'))}")
-    cur, bak = d.get("current_migration_version"), d.get("backup_migration_version")
+def render_diff_total(d: DiffSummary) -> None:
+    click.echo(f"Total: {d.total_current_rows} rows → {d.total_backup_rows} rows ({d.total_diff:+d})")
+
+
+def render_diff(d: DiffSummary) -> None:
+    click.echo(f"Backup created at: {timestamp(d.backup_timestamp)}")
+    cur, bak = d.current_migration_version, d.backup_migration_version
     if cur != bak:
         click.echo(f"Migration version: {cur or '(none)'} (database) → {bak or '(none)'} (backup)")
     click.echo("")
     click.echo("Table Diff Summary:")
     render_diff_tables(d)
     click.echo("")
-    click.echo(f"Total: {d['total_current_rows']} rows → {d['total_backup_rows']} rows ({d['total_diff']:+d})")
+    render_diff_total(d)
 
 
-def render_restore(r: dict[str, Any]) -> None:
+def render_restore_preface(d: DiffSummary) -> None:
+    """The seed's lines between "Calculating diff before restore..." and the restore itself."""
+    click.echo(f"Backup created at: {timestamp(d.backup_timestamp)}")
+    click.echo(f"Migration version: {d.backup_migration_version or '(none)'}")
+    render_diff_tables(d)
+    render_diff_total(d)
+
+
+def render_dry_run(r: RestoreJobResult) -> None:
+    if r.diff is not None:
+        render_diff(r.diff)
+    click.echo("")
+    click.echo(r.message)
+
+
+def render_restore(r: RestoreJobResult) -> None:
+    if r.diff is not None:  # computed by the restore itself (show_diff: nobody confirmed)
+        render_restore_preface(r.diff)
     click.echo("Starting restore transaction...")
-    for name in r.get("truncated", []):
+    for name in r.truncated:
         click.echo(f"Truncating table: {name}")
-    click.echo(f"Adjusting migration version: {r.get('migration_version_before') or '(none)'} → "
-               f"{r.get('migration_version_after') or '(none)'}")
-    for t in r.get("tables", []):
-        click.echo(f"Restoring table: {t['name']} ({t['rows']} rows)")
-    if r.get("sequences_restored"):
-        click.echo(f"Restoring sequences: {r['sequences_restored']}")
+    click.echo(f"Adjusting migration version: {r.migration_version_before or '(none)'} → "
+               f"{r.migration_version_after or '(none)'}")
+    for t in r.tables:
+        click.echo(f"Restoring table: {t.name} ({t.rows} rows)")
+    if r.sequences_restored:
+        click.echo(f"Restoring sequences: {r.sequences_restored}")
     click.echo("Committing transaction...")
     click.echo("")
-    click.echo(r["message"])
+    click.echo(r.message)
 
 
-def render_verify(v: dict[str, Any]) -> None:
-    click.echo(f"{v['name']}: OK")
-    click.echo(f"  created at: {timestamp(v.get('timestamp'))}")
-    click.echo(f"  migration version: {v.get('migration_version') or '(none)'}")
-    click.echo(f"  format version: {v.get('format_version')}")
-    click.echo(f"  tables: {v['tables']}, rows: {v['rows']}, uncompressed: {human_size(v['uncompressed_bytes'])}")
+def render_verify(v: VerifyJobResult) -> None:
+    click.echo(f"{v.name}: OK")
+    click.echo(f"  created at: {timestamp(v.timestamp)}")
+    click.echo(f"  migration version: {v.migration_version or '(none)'}")
+    click.echo(f"  format version: {v.format_version}")
+    click.echo(f"  tables: {v.tables}, rows: {v.rows}, uncompressed: {format_bytes(v.uncompressed_bytes)}")
     checksum = {"ok": "matches the recorded SHA-256", "missing": "no SHA-256 recorded (sidecar missing)"}
-    click.echo(f"  checksum: {checksum.get(v.get('checksum'), v.get('checksum'))}")
+    click.echo(f"  checksum: {checksum.get(v.checksum, v.checksum)}")
+
+
+def render_listing(listing: ListingJobResult) -> None:
+    backups, where = listing.backups, listing.where
+    if not backups:
+        click.echo(f"No backups in {where}.")
+        return
+    # A listing without details (list-s3's default) has no migration versions or checksums: one request in all.
+    # The hint goes in the heading, not below the rows, so that every line after the column titles is a backup.
+    more = "" if listing.details else "; checksums and migration versions: `list-s3 --long`, a request per backup"
+    click.echo(f"{len(backups)} backup{'s' if len(backups) != 1 else ''} in {where} (newest first{more}):")
+    width = max(len(b.name) for b in backups)
+    long_s3 = listing.details and listing.location == "s3"
+    click.echo(f"  {'NAME':<{width}}  {'SIZE':>10}  {'CREATED (UTC)':<19}" + ("  SHA256      " if long_s3 else "")
+               + ("  MIGRATION" if listing.details else ""))
+    for b in backups:
+        line = f"  {b.name:<{width}}  {format_bytes(b.size, 1):>10}  {b.created_at:%Y-%m-%d %H:%M:%S}"
+        if long_s3:
+            line += f"  {(b.sha256 or 'none')[:12]:<12}"
+        if listing.details:
+            line += f"  {_version(b)}"
+        click.echo(line)
+
+
+def _version(b: StoredBackup) -> str:
+    if b.unreadable:
+        return f"? (unreadable: {b.unreadable})"
+    return b.migration_version or "-"
+
+
+def render_upload(r: UploadJobResult) -> None:
+    click.echo(f"Uploaded {r.source} to {r.url} ({format_bytes(r.size, 1)}, sha256 {r.sha256})")
+
+
+def render_download(r: DownloadJobResult) -> None:
+    note = "checksum verified" if r.checksum == "ok" else "no checksum recorded: not verified"
+    click.echo(f"Downloaded {r.url} to {r.path} ({format_bytes(r.size, 1)}, {note})")
+
+
+def render_cleanup(r: CleanupJobResult) -> int:
+    """Print every decision and why; returns how many deletions failed."""
+    failed = 0
+    for kind, loc in r.locations.items():
+        if loc.skipped:
+            click.echo(f"{kind}: skipped ({loc.skipped})")
+            continue
+        click.echo(f"{kind} ({loc.where}): keep {len(loc.keep)}, delete {len(loc.delete)}")
+        if loc.verified is not None and loc.verified.newest is None and (loc.keep or loc.delete):
+            click.echo("  no backup's checksum verifies: nothing is deleted here until one does")
+        verb = "would delete" if r.dry_run else "deleted"
+        for name in loc.delete:
+            status = f"FAILED ({loc.errors[name]})" if name in loc.errors else verb
+            click.echo(f"  {status}: {name}: {'; '.join(loc.reasons.get(name, []))}")
+        for name in loc.keep:
+            click.echo(f"  keep: {name}: {'; '.join(loc.reasons.get(name, []))}")
+        failed += len(loc.errors)
+    if r.dry_run:
+        click.echo("Dry run: nothing was deleted.")
+    return failed
+
+
+def summary_of_scheduled(r: ScheduledBackupResult) -> str:
+    if r.skipped:
+        return f"scheduled backup for slot {r.slot} skipped: {r.reason}"
+    uploaded = " and uploaded" if r.upload else ""
+    return f"scheduled backup for slot {r.slot}: {(r.create or {}).get('name')}{uploaded}"
+
+
+_RENDERERS: dict[str, tuple[type[BaseModel], Any]] = {
+    "create": (CreateJobResult, render_create),
+    "diff": (DiffJobResult, render_diff),
+    "verify": (VerifyJobResult, render_verify),
+    "verify_s3": (VerifyJobResult, render_verify),
+    "list_local": (ListingJobResult, render_listing),
+    "list_s3": (ListingJobResult, render_listing),
+    "upload": (UploadJobResult, render_upload),
+    "download": (DownloadJobResult, render_download),
+    "cleanup": (CleanupJobResult, render_cleanup),
+    "scheduled_backup": (ScheduledBackupResult, lambda r: click.echo(summary_of_scheduled(r))),
+}
+
+
+def render_result(result: dict[str, Any]) -> None:
+    """Print a finished job's result as the command that started it would have (by the job name it holds)."""
+    job = result.get("job")
+    if job in ("restore", "restore_s3"):
+        restored = as_model(RestoreJobResult, result)
+        (render_dry_run if restored.dry_run else render_restore)(restored)
+    elif job in _RENDERERS:
+        model, render = _RENDERERS[job]
+        render(as_model(model, result))
+    else:
+        click.echo(json.dumps(result, indent=2, sort_keys=True))

@@ -1,17 +1,26 @@
 """Jobs: JSON-safe arguments in, core call, JSON-safe dict out.
 
 The same function runs in a Celery task (tasks.py) and in the CLI's `--local` path, so what a user sees
-does not depend on where the job ran. Nothing here imports Celery or boto3.
+does not depend on where the job ran, and both take the same per-database lock (pg/joblock.py) around the
+core call. Nothing here imports Celery or boto3.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
 
 from ..progress import ProgressFn, no_progress
+from ..settings import get_settings
 
 JobFn = Callable[..., dict[str, Any]]
 JOBS: dict[str, JobFn] = {}
+EXCLUSIVE, SHARED = "exclusive", "shared"  # the lock modes of pg/joblock.py, without importing the driver here
+
+# Who runs the job: the Celery task id on a worker, None in this process (--local). Set by run_job for the
+# lock's holder name, which a refused job shows (`backupctl wait ID`), without a parameter on every job.
+_task_id: ContextVar[str | None] = ContextVar("backup_tasks_job_task_id", default=None)
 
 
 def job(name: str) -> Callable[[JobFn], JobFn]:
@@ -22,9 +31,25 @@ def job(name: str) -> Callable[[JobFn], JobFn]:
     return register
 
 
-def run_job(name: str, kwargs: dict[str, Any], progress: ProgressFn | None = None) -> dict[str, Any]:
+def run_job(name: str, kwargs: dict[str, Any], progress: ProgressFn | None = None, *,
+            task_id: str | None = None) -> dict[str, Any]:
     _load()
-    return JOBS[name](progress=progress or no_progress, **kwargs)
+    token = _task_id.set(task_id)
+    try:
+        return JOBS[name](progress=progress or no_progress, **kwargs)
+    finally:
+        _task_id.reset(token)
+
+
+@contextmanager
+def database_lock(database_url: str | None, mode: str, job_name: str) -> Iterator[None]:
+    """The target database's job lock for the block: EXCLUSIVE for a restore, SHARED for a backup, a diff or a
+    dry run. BusyError at once when another job holds it in a conflicting mode."""
+    from ..pg.joblock import job_lock, local_owner
+
+    url = database_url or get_settings().database_url
+    with job_lock(url, mode, job_name, _task_id.get() or local_owner()):
+        yield
 
 
 def _load() -> None:

@@ -13,9 +13,10 @@ from ..names import is_backup_name
 from .. import dsn
 from ..progress import ProgressFn
 from ..settings import get_settings
-from . import job
+from . import EXCLUSIVE, SHARED, database_lock, job
 from .options import database_url as _url
 from .options import engine_options
+from .results import CreateJobResult, DiffJobResult, RestoreJobResult, VerifyJobResult
 
 
 def resolve_backup_file(file: str, *, allow_paths: bool = True) -> Path:
@@ -49,7 +50,7 @@ def resolve_backup_file(file: str, *, allow_paths: bool = True) -> Path:
 
 
 def _target(database_url: str | None) -> dict[str, str]:
-    target = dsn.parse(_url(database_url))
+    target = dsn.parse(_url(database_url))  # name and host only: never the string, which may hold a password
     return {"target_database": target.name, "target_host": target.host}
 
 
@@ -57,40 +58,47 @@ def _target(database_url: str | None) -> dict[str, str]:
 def create(*, progress: ProgressFn, output_dir: str | None = None, database_url: str | None = None,
            upload: bool = False, jobs: int | None = None, runner: PartRunner | None = None) -> dict[str, Any]:
     """A backup; with jobs > 1 (default BACKUP_JOBS) written in parts at once, by `runner` (a Celery task passes
-    its workers) or by a pool of local processes."""
+    its workers) or by a pool of local processes. The coordinator holds the shared job lock for all the parts."""
     settings = get_settings()
     out = Path(output_dir) if output_dir else settings.BACKUP_DIR
     count = jobs or settings.BACKUP_JOBS
-    if count > 1:
-        runner = runner or ProcessRunner(count, out, secrets.token_hex(6))
-        result = run_parallel_backup(out, database_url=_url(database_url), runner=runner, progress=progress,
-                                     options=engine_options())
-    else:
-        result = run_backup(out, database_url=_url(database_url), progress=progress, options=engine_options())
-    out = result.model_dump(mode="json")
-    if upload:
+    with database_lock(database_url, SHARED, "create"):
+        if count > 1:
+            runner = runner or ProcessRunner(count, out, secrets.token_hex(6))
+            result = run_parallel_backup(out, database_url=_url(database_url), runner=runner, progress=progress,
+                                         options=engine_options())
+        else:
+            result = run_backup(out, database_url=_url(database_url), progress=progress, options=engine_options())
+    uploaded = None
+    if upload:  # after the lock: a restore need not wait for the upload
         from .storage import upload as upload_job
 
-        out["upload"] = upload_job(file=result.path, progress=progress)
-    return out
+        uploaded = upload_job(file=result.path, progress=progress)
+    return CreateJobResult.model_validate({**result.model_dump(), "upload": uploaded}).model_dump(mode="json")
 
 
 @job("diff")
 def diff(*, progress: ProgressFn, file: str, database_url: str | None = None, detailed: bool = True,
          tables: list[str] | None = None, allow_paths: bool = True) -> dict[str, Any]:
     path = resolve_backup_file(file, allow_paths=allow_paths)
-    summary = calculate_diff(path, database_url=_url(database_url), detailed=detailed, progress=progress,
-                             tables=tables, options=engine_options())
-    return {**summary.model_dump(mode="json"), **_target(database_url), "file": str(path)}
+    with database_lock(database_url, SHARED, "diff"):
+        summary = calculate_diff(path, database_url=_url(database_url), detailed=detailed, progress=progress,
+                                 tables=tables, options=engine_options())
+    return DiffJobResult.model_validate({**summary.model_dump(), **_target(database_url), "file": str(path)}
+                                        ).model_dump(mode="json")
 
 
 def restore_file(path: str, *, progress: ProgressFn, database_url: str | None = None, dry_run: bool = False,
                  tables: list[str] | None = None, show_diff: bool = True, refresh_views: bool = True,
-                 large_objects: bool | None = None) -> dict[str, Any]:
+                 large_objects: bool | None = None, job_name: str = "restore",
+                 source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Restore (or dry-run) a local file under the database's job lock: exclusive, shared for a dry run."""
     options = engine_options().with_(refresh_views=refresh_views)
-    result = restore_backup(Path(path), show_diff=show_diff, database_url=_url(database_url), dry_run=dry_run,
-                            tables=tables, progress=progress, options=options, large_objects=large_objects)
-    return {**result.model_dump(mode="json"), **_target(database_url), "file": str(path)}
+    with database_lock(database_url, SHARED if dry_run else EXCLUSIVE, job_name):
+        result = restore_backup(Path(path), show_diff=show_diff, database_url=_url(database_url), dry_run=dry_run,
+                                tables=tables, progress=progress, options=options, large_objects=large_objects)
+    out = {**result.model_dump(), **_target(database_url), "file": str(path), "source": source}
+    return RestoreJobResult.model_validate(out).model_dump(mode="json")
 
 
 @job("restore")
@@ -102,11 +110,13 @@ def restore(*, progress: ProgressFn, file: str, database_url: str | None = None,
                         show_diff=show_diff, refresh_views=refresh_views, large_objects=large_objects)
 
 
-def verify_file(path: str, *, progress: ProgressFn) -> dict[str, Any]:
-    return verify_backup(Path(path), progress=progress, options=engine_options()).model_dump(mode="json")
+def verify_file(path: str, *, progress: ProgressFn, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    result = verify_backup(Path(path), progress=progress, options=engine_options())
+    return VerifyJobResult.model_validate({**result.model_dump(), "file": path, "source": source}
+                                          ).model_dump(mode="json")
 
 
 @job("verify")
 def verify(*, progress: ProgressFn, file: str, allow_paths: bool = True) -> dict[str, Any]:
     path = resolve_backup_file(file, allow_paths=allow_paths)
-    return {**verify_file(str(path), progress=progress), "file": str(path)}
+    return verify_file(str(path), progress=progress)

@@ -22,26 +22,21 @@ from ..storage.base import BackupInfo, Storage
 from ..storage.factory import local_storage, s3_storage
 from . import job
 from .listing import newest_verified, with_migration_versions
+from .results import (CleanupJobResult, CleanupLocation, DownloadJobResult, ListingJobResult, S3Source, StoredBackup,
+                      UploadJobResult, VerifiedNewest)
 
 TARGETS = ("local", "s3", "all")
 
 
-def info_dict(info: BackupInfo) -> dict[str, Any]:
-    return {
-        "name": info.name,
-        "size": info.size,
-        "created_at": info.created_at.isoformat(),
-        "sha256": info.sha256,
-        "migration_version": info.migration_version,
-        "location": info.location,
-        "sidecars": sorted(info.sidecars),
-        "unreadable": info.unreadable,
-    }
+def stored(info: BackupInfo) -> StoredBackup:
+    return StoredBackup(name=info.name, size=info.size, created_at=info.created_at, sha256=info.sha256,
+                        migration_version=info.migration_version, location=info.location,
+                        sidecars=sorted(info.sidecars), unreadable=info.unreadable)
 
 
 def _listing(storage: Storage, backups: list[BackupInfo], details: bool) -> dict[str, Any]:
-    return {"location": storage.kind, "where": storage.location(), "details": details,
-            "backups": [info_dict(i) for i in backups]}
+    return ListingJobResult(location=storage.kind, where=storage.location(), details=details,
+                            backups=[stored(i) for i in backups]).model_dump(mode="json")
 
 
 @job("list_local")
@@ -68,7 +63,8 @@ def upload(*, file: str, progress: ProgressFn = no_progress, allow_paths: bool =
     storage = s3_storage()
     # The local file is only read: a failed upload leaves it exactly as it was.
     info = storage.put(path, progress=progress, migration_version=_migration_version(path))
-    return {**info_dict(info), "source": str(path), "url": storage.url(info.name)}
+    return UploadJobResult(**stored(info).model_dump(), source=str(path), url=storage.url(info.name)
+                           ).model_dump(mode="json")
 
 
 def _migration_version(path: Path) -> str | None:
@@ -87,12 +83,12 @@ def download(*, name: str, progress: ProgressFn = no_progress) -> dict[str, Any]
     path = storage.get(name, get_settings().BACKUP_DIR, progress=progress)
     # get() verified the bytes against the recorded checksum and wrote it as the sidecar, if there was one.
     checksum = "ok" if read_sidecar(path) else "missing"
-    size = path.stat().st_size
-    return {"name": name, "path": str(path), "size": size, "url": storage.url(name), "checksum": checksum}
+    return DownloadJobResult(name=name, path=str(path), size=path.stat().st_size, url=storage.url(name),
+                             checksum=checksum).model_dump(mode="json")
 
 
 @contextmanager
-def _downloaded(name: str, progress: ProgressFn) -> Iterator[tuple[Path, dict[str, Any]]]:
+def downloaded_to_temp(name: str, progress: ProgressFn) -> Iterator[tuple[Path, dict[str, Any]]]:
     """Download an S3 backup into a private temp dir (checksum verified by get) that is removed whatever happens."""
     validate_name(name)
     storage = s3_storage()
@@ -103,7 +99,7 @@ def _downloaded(name: str, progress: ProgressFn) -> Iterator[tuple[Path, dict[st
     backup_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".backup-s3-", dir=backup_dir) as tmp:
         path = storage.get(name, Path(tmp), progress=progress)
-        yield path, {"location": "s3", "url": storage.url(name), "sha256": read_sidecar(path)}
+        yield path, S3Source(url=storage.url(name), sha256=read_sidecar(path)).model_dump(mode="json")
 
 
 @job("restore_s3")
@@ -113,24 +109,23 @@ def restore_s3(
     dry_run: bool = False,
     database_url: str | None = None,
     tables: list[str] | None = None,
+    show_diff: bool = True,
     progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
     from . import db
 
-    with _downloaded(name, progress) as (path, source):
-        result = db.restore_file(
-            str(path), database_url=database_url, dry_run=dry_run, tables=tables, progress=progress
-        )
-    return {**result, "source": source}
+    # The lock is taken after the download (restore_file): a restore elsewhere need not wait for the transfer.
+    with downloaded_to_temp(name, progress) as (path, source):
+        return db.restore_file(str(path), database_url=database_url, dry_run=dry_run, tables=tables,
+                               show_diff=show_diff, progress=progress, job_name="restore_s3", source=source)
 
 
 @job("verify_s3")
 def verify_s3(*, name: str, progress: ProgressFn = no_progress) -> dict[str, Any]:
     from . import db
 
-    with _downloaded(name, progress) as (path, source):
-        result = db.verify_file(str(path), progress=progress)
-    return {**result, "source": source}
+    with downloaded_to_temp(name, progress) as (path, source):
+        return db.verify_file(str(path), progress=progress, source=source)
 
 
 @job("cleanup")
@@ -140,20 +135,20 @@ def cleanup(*, dry_run: bool = False, target: str = "all", progress: ProgressFn 
     settings = get_settings()
     policy = RetentionPolicy.from_settings(settings)
     now = datetime.now(timezone.utc)
-    locations: dict[str, Any] = {}
+    locations: dict[str, CleanupLocation] = {}
     storages = []
     if target in ("local", "all"):
         storages.append(local_storage(settings))
     if target == "s3" or (target == "all" and settings.s3_enabled):
         storages.append(s3_storage(settings))
     elif target == "all":
-        locations["s3"] = {"skipped": "S3_BUCKET_NAME is not set"}
+        locations["s3"] = CleanupLocation(skipped="S3_BUCKET_NAME is not set")
     for storage in storages:
         locations[storage.kind] = _apply(storage, policy, now, dry_run)
-    return {"dry_run": dry_run, "policy": policy.to_dict(), "locations": locations}
+    return CleanupJobResult(dry_run=dry_run, policy=policy.to_dict(), locations=locations).model_dump(mode="json")
 
 
-def _apply(storage: Storage, policy: RetentionPolicy, now: datetime, dry_run: bool) -> dict[str, Any]:
+def _apply(storage: Storage, policy: RetentionPolicy, now: datetime, dry_run: bool) -> CleanupLocation:
     backups = storage.list()
     verified = newest_verified(storage, backups)
     decision = apply_policy(backups, policy, now, verified)
@@ -165,5 +160,5 @@ def _apply(storage: Storage, policy: RetentionPolicy, now: datetime, dry_run: bo
                 deleted.append(b.name)
             except BackupError as exc:  # one stuck file must not stop the rest; reported by the caller
                 errors[b.name] = exc.message
-    return {"where": storage.location(), **decision.to_dict(), "verified": verified.to_dict(),
-            "deleted": deleted, "errors": errors}
+    return CleanupLocation(where=storage.location(), **decision.to_dict(),
+                           verified=VerifiedNewest(**verified.to_dict()), deleted=deleted, errors=errors)

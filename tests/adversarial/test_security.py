@@ -103,10 +103,10 @@ def test_hostile_names_are_refused_by_the_cli(command, s3_setup, s3_endpoint, s3
 
 def test_nul_and_other_names_are_refused_where_they_enter_in_process(backup_dir_env, s3_bucket):
     """NUL cannot be passed in argv; the CLI's parser, the jobs and the storages refuse it in-process."""
-    from backup_tasks.cli import _register, cli as group
+    from backup_tasks.cli import cli as group, register_commands
     from backup_tasks.storage.factory import local_storage, s3_storage
 
-    _register()
+    register_commands()
     nul = f"{VALID}\x00../../etc/passwd"
     for args in (["download", nul, "--local"], ["restore-s3", nul, "--local", "--yes"], ["upload", nul, "--local"]):
         result = CliRunner().invoke(group, args)

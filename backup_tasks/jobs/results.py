@@ -1,0 +1,127 @@
+"""What each job returns: the engine's models (models.py) plus what the job adds to them.
+
+A job returns `SomeJobResult(...).model_dump(mode="json")` (JSON for the result backend); the CLI validates the
+dict back into the same model before rendering it, so what is printed does not depend on where the job ran, and
+a field renamed on one side fails loudly instead of printing "None". A task adds `job` (its name) to the dict.
+Nothing here holds a secret: databases by name, host and port only, backups by name or path.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from .. import dsn
+from ..models import BackupResult, DiffSummary, RestoreResult, VerifyResult
+
+
+class WorkerTarget(BaseModel):
+    """The database a worker's jobs act on when given no --database-url; its answer to the client's ping."""
+
+    name: str
+    host: str
+    port: int
+    key: str
+    description: str
+
+    @classmethod
+    def of(cls, url: str) -> WorkerTarget:
+        target = dsn.parse(url)
+        return cls(name=target.name, host=target.host, port=target.port, key=target.key,
+                   description=target.describe())
+
+
+class StoredBackup(BaseModel):
+    name: str
+    size: int
+    created_at: datetime
+    sha256: str | None = None  # on S3 only when listed with details
+    migration_version: str | None = None
+    location: str = "local"
+    sidecars: list[str] = Field(default_factory=list)  # kinds of names.SIDECARS stored next to it
+    unreadable: str | None = None  # why its head could not be read, when the listing tried
+
+
+class ListingJobResult(BaseModel):
+    location: str
+    where: str
+    details: bool = True  # False: list-s3 without --long (no checksums or migration versions: one request)
+    backups: list[StoredBackup]
+
+
+class UploadJobResult(StoredBackup):
+    source: str
+    url: str
+
+
+class DownloadJobResult(BaseModel):
+    name: str
+    path: str
+    size: int
+    url: str
+    checksum: str  # "ok" (verified against the recorded SHA-256) | "missing"
+
+
+class S3Source(BaseModel):
+    location: str = "s3"
+    url: str
+    sha256: str | None = None
+
+
+class CreateJobResult(BackupResult):
+    upload: UploadJobResult | None = None
+
+
+class DiffJobResult(DiffSummary):
+    target_database: str
+    target_host: str
+    file: str
+
+
+class RestoreJobResult(RestoreResult):
+    target_database: str
+    target_host: str
+    file: str
+    source: S3Source | None = None
+
+
+class VerifyJobResult(VerifyResult):
+    file: str | None = None
+    source: S3Source | None = None
+
+
+class VerifiedNewest(BaseModel):
+    """retention.Verified: the newest backup whose checksum verifies (None: none does), and why newer ones did not."""
+
+    newest: str | None = None
+    failed: dict[str, str] = Field(default_factory=dict)
+
+
+class CleanupLocation(BaseModel):
+    where: str | None = None
+    skipped: str | None = None  # why this location was not looked at (S3 not configured)
+    verified: VerifiedNewest | None = None
+    keep: list[str] = Field(default_factory=list)
+    delete: list[str] = Field(default_factory=list)
+    reasons: dict[str, list[str]] = Field(default_factory=dict)
+    ignored: list[str] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list)
+    errors: dict[str, str] = Field(default_factory=dict)
+
+
+class CleanupJobResult(BaseModel):
+    dry_run: bool
+    policy: dict[str, int]
+    locations: dict[str, CleanupLocation]
+
+
+class ScheduledBackupResult(BaseModel):
+    slot: str
+    database: str | None = None
+    skipped: bool
+    reason: str | None = None
+    create: dict[str, Any] | None = None  # a CreateJobResult, or {"name", "resumed"} after a redelivery
+    upload: UploadJobResult | None = None
+    cleanup: CleanupJobResult | None = None
