@@ -3,7 +3,7 @@
 Isolation: the session claims an empty Redis database number (1-15) with a key, so parallel test runs of
 other engineers and a developer's own worker on DB 0 are not disturbed; it is flushed between tests.
 Each test gets a throwaway PostgreSQL database (make_db), its own BACKUP_DIR, and a worker started with
-DATABASE_URL/BACKUP_DIR pointing there, JOB_LOCK_TTL_S=3 (so a killed worker's lock lapses quickly).
+DATABASE_URL/BACKUP_DIR pointing there.
 Clients run as `backupctl` subprocesses (real exit codes, real signals) or in-process through
 `client_app` (a fresh Celery app configured from the same environment).
 
@@ -37,7 +37,7 @@ CLAIM_KEY = "backup_tasks_test:claimed_by"
 # Settings that would leak from the developer's environment into the worker and change what it does.
 SCRUBBED = ("S3_BUCKET_NAME", "S3_ENDPOINT_URL", "BACKUP_NOTIFY_WEBHOOK_URL", "BACKUP_CRON", "BACKUP_TIMEZONE",
             "FLOWER_BASIC_AUTH", "FLOWER_ADDRESS", "FLOWER_PORT", "CELERY_TASK_SOFT_TIME_LIMIT",
-            "CELERY_TASK_TIME_LIMIT", "JOB_LOCK_TTL_S", "WORKER_CONCURRENCY")
+            "CELERY_TASK_TIME_LIMIT", "WORKER_CONCURRENCY")
 
 __all__ = ["redis_db", "celery_env", "worker", "client_app", "CeleryEnv", "Worker", "backupctl", "free_port",
            "wait_for", "ROOT", "CELERY", "BACKUPCTL"]
@@ -98,7 +98,7 @@ def celery_env(redis_db, make_db, tmp_path, monkeypatch) -> CeleryEnv:
     env = {k: v for k, v in os.environ.items() if k not in SCRUBBED}
     values = {
         "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker, "DATABASE_URL": url,
-        "BACKUP_DIR": str(backup_dir), "JOB_LOCK_TTL_S": "3", "PYTHONUNBUFFERED": "1",
+        "BACKUP_DIR": str(backup_dir), "PYTHONUNBUFFERED": "1",
     }
     env.update(values)
     for k in SCRUBBED:

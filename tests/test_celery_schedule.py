@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backup_tasks import locks
+from backup_tasks import queue_state
 from backup_tasks.celery_app import load_beat_schedule_module
 from backup_tasks.cli.dispatch import follow, outcome
 from backup_tasks.names import parse_name
@@ -106,9 +106,8 @@ def test_two_beats_with_a_one_minute_cron_make_one_backup_at_the_scheduled_minut
     slot_minute = made_at.replace(second=0)
     assert started < slot_minute + timedelta(minutes=1)  # the first minute boundary after Beat started
     assert made_at.second < 30  # taken right at the scheduled minute, not later
-    db = locks.database_key(celery_env.db_url)
     slot = slot_minute.strftime("%Y-%m-%dT%H:%MZ")
-    value = celery_env.redis().get(locks.slot_key(db, slot))
+    value = celery_env.redis().get(queue_state.slot_key(celery_env.db_url, slot))
     assert value and value.decode().endswith(names[0])
     beat_logs = "".join((tmp_path / f"beat{i}.log").read_text() for i in range(2))
     assert beat_logs.count("Sending due task scheduled-backup (backup_tasks.scheduled_backup)") >= 2
