@@ -150,8 +150,7 @@ class JobLock:
                 cur.execute(f"SELECT {fn}(%s, %s)", (KEY_CLASS, KEY_JOB))
                 if cur.fetchone()[0]:
                     return conn, []
-                cur.execute(_HOLDERS, (KEY_CLASS, KEY_JOB))
-                holders = [Holder.parse(name, mode) for name, mode in cur.fetchall()]
+                holders = read_holders(cur)
         except psycopg2.Error as exc:
             conn.close()
             raise DatabaseError(f"could not take the job lock on {self.target}: {pg_error_message(exc)}") from None
@@ -239,8 +238,13 @@ def job_lock(url: str, mode: str, job: str, owner: str) -> Iterator[JobLock]:
         lock.release()
 
 
+def read_holders(cur) -> list[Holder]:
+    """Who holds the lock on the cursor's database now, exclusive holder first."""
+    cur.execute(_HOLDERS, (KEY_CLASS, KEY_JOB))
+    return [Holder.parse(name, mode) for name, mode in cur.fetchall()]
+
+
 def holders(url: str) -> list[Holder]:
     """Who holds the lock on the database now (for tests and diagnostics)."""
     with connection(url) as conn, conn.cursor() as cur:
-        cur.execute(_HOLDERS, (KEY_CLASS, KEY_JOB))
-        return [Holder.parse(name, mode) for name, mode in cur.fetchall()]
+        return read_holders(cur)

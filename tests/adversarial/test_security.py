@@ -14,12 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
-import pty
-import select
-import signal
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -32,8 +27,9 @@ from backup_tasks.names import validate_name
 from backup_tasks.settings import reset_settings_cache
 from tests.conftest import _admin
 from tests.oracle import assert_same, snapshot
+from tests.terminal import on_terminal
 
-from .support import (BACKUPCTL, assert_clean_error, assert_ok, cli, cli_audited, cli_env, cli_start,
+from .support import (assert_clean_error, assert_ok, cli, cli_audited, cli_env, cli_start,
                       drop_database, new_database, run_sql, written_paths)
 
 pytest_plugins = ["tests.s3_server"]
@@ -275,40 +271,6 @@ def test_secrets_never_appear_in_output_files_metadata_or_results(seeded, secret
 
 
 # -- confirmation ------------------------------------------------------------------------------------------------
-
-def on_terminal(args: list[str], env: dict[str, str], answer: str | None, timeout: float = 60) -> tuple[int, str]:
-    """Run `backupctl ARGS` on a pseudo-terminal; type `answer` when it asks. Returns (exit code, output)."""
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: becomes backupctl, with the pty as its terminal
-        try:
-            os.chdir("/")
-            os.execve(BACKUPCTL, [BACKUPCTL, *args], env)
-        finally:
-            os._exit(127)
-    output, asked = b"", False
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([fd], [], [], 0.2)
-            if not ready:
-                continue
-            try:
-                data = os.read(fd, 4096)
-            except OSError:  # EIO: the child closed the terminal (it exited)
-                break
-            if not data:
-                break
-            output += data
-            if answer is not None and not asked and b"Restore into database" in output:
-                os.write(fd, answer.encode() + b"\r")
-                asked = True
-        else:
-            os.kill(pid, signal.SIGKILL)
-    finally:
-        _, status = os.waitpid(pid, 0)
-        os.close(fd)
-    return os.waitstatus_to_exitcode(status), output.decode("utf-8", "replace")
-
 
 @pytest.fixture
 def other_database(seeded):
