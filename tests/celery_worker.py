@@ -179,9 +179,11 @@ def client_app(celery_env):
     app.close()
 
 
-def backupctl(celery_env: CeleryEnv, *args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
-    """Run the real `backupctl` (no --local unless given) against the test's worker."""
-    return subprocess.run([BACKUPCTL, *args], cwd=ROOT, env=celery_env.env, capture_output=True, text=True,
+def backupctl(celery_env: CeleryEnv, *args: str, timeout: float = 120, env: dict[str, str] | None = None,
+              **kwargs) -> subprocess.CompletedProcess:
+    """Run the real `backupctl` (no --local unless given) against the test's worker (`env`: another client
+    environment than the worker's)."""
+    return subprocess.run([BACKUPCTL, *args], cwd=ROOT, env=env or celery_env.env, capture_output=True, text=True,
                           timeout=timeout, **kwargs)
 
 

@@ -20,6 +20,7 @@ from tests.celery_worker import *  # noqa: F401,F403
 from tests.celery_worker import BACKUPCTL, ROOT, Worker, backupctl, wait_for
 from tests.conftest import query, run_sql
 from tests.oracle import assert_same, snapshot
+from tests.terminal import on_terminal
 
 pytestmark = pytest.mark.celery
 
@@ -245,3 +246,45 @@ def test_ctrl_c_while_waiting_leaves_the_job_running(celery_env, worker, client_
     waited = backupctl(celery_env, "wait", task_id)
     assert waited.returncode == 0, waited.stderr
     assert "Restore completed: 1 tables, 10 rows" in waited.stdout
+
+
+def _restore_results(celery_env) -> list[dict]:
+    """The results of the restore jobs kept in Redis (what `backupctl wait` would render)."""
+    r = celery_env.redis()
+    metas = [json.loads(r.get(k)) for k in r.scan_iter("celery-task-meta-*")]
+    return [m["result"] for m in metas if isinstance(m.get("result"), dict) and m["result"].get("job") == "restore"]
+
+
+def test_on_a_terminal_restore_shows_the_detailed_diff_asks_for_the_workers_database_then_restores(
+        celery_env, worker, make_db):
+    """Issues 14.1 and 13.4: a person reads the detailed diff; the question names the database the worker
+    restores into, and a note says the shell's own DATABASE_URL (another database) is not used."""
+    run_sql(celery_env.db_url, "CREATE TABLE t (id int PRIMARY KEY, v text);"
+                               "INSERT INTO t SELECT i, 'v' || i FROM generate_series(1, 300) i;")
+    name = saved_name(backupctl(celery_env, "create").stdout)
+    backed_up = snapshot(celery_env.db_url)
+    run_sql(celery_env.db_url, "DELETE FROM t WHERE id <= 10; UPDATE t SET v = 'x' WHERE id > 290;")
+    other_name, other_url = make_db()
+    env = {**celery_env.env, "DATABASE_URL": other_url}
+
+    code, output = on_terminal(["restore", name], env, "y", cwd=str(ROOT))
+    assert code == 0, output
+    assert (f"Note: this job runs on a worker, on its DATABASE_URL: database {celery_env.db_name} on localhost:5432. "
+            f"This shell's DATABASE_URL (database {other_name} on localhost:5432) is not used") in output
+    assert output.count("Note: this job runs on a worker") == 1  # once, although two jobs ran
+    assert "t: 290 → 300 (+10)  [insert 10, change 10]" in output  # the detailed diff
+    assert f"Restore into database {celery_env.db_name} on localhost? This replaces its data." in output
+    assert "Restore completed: 1 tables, 300 rows" in output
+    log = worker.output()
+    assert log.index("Task backup_tasks.diff[") < log.index("Task backup_tasks.restore[")
+    assert [r["diff"] for r in _restore_results(celery_env)] == [None]  # the restore job ran with show_diff=False
+    assert_same(backed_up, snapshot(celery_env.db_url))
+    assert query(other_url, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
+
+
+def test_a_shell_database_url_naming_the_workers_database_gets_no_note(celery_env, worker):
+    run_sql(celery_env.db_url, "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 5);")
+    same = f"host=127.0.0.1 port=5432 dbname={celery_env.db_name} user=postgres"  # another spelling, same database
+    created = backupctl(celery_env, "create", env={**celery_env.env, "DATABASE_URL": same})
+    assert created.returncode == 0, created.stderr
+    assert "Note:" not in created.stderr

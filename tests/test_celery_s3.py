@@ -9,16 +9,17 @@ import pytest
 
 from backup_tasks.cli.dispatch import follow, outcome
 from tests.celery_worker import *  # noqa: F401,F403
-from tests.celery_worker import Worker, backupctl
+from tests.celery_worker import ROOT, Worker, backupctl
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot
+from tests.terminal import on_terminal
 
 pytest_plugins = ["tests.s3_server"]
 pytestmark = [pytest.mark.celery, pytest.mark.s3]
 
 
 def test_scheduled_backup_uploads_and_restore_s3_round_trips_on_the_worker(celery_env, s3_endpoint, s3_client,
-                                                                          client_app, tmp_path):
+                                                                          client_app, tmp_path, make_db):
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=bucket)
     celery_env.env.update({
@@ -48,5 +49,18 @@ def test_scheduled_backup_uploads_and_restore_s3_round_trips_on_the_worker(celer
         assert f"s3://{bucket}/backups/{name}" in restored.stdout and "Restore completed" in restored.stdout
         assert_same(before, snapshot(celery_env.db_url))
         assert "Task backup_tasks.restore_s3[" in worker.output()
+
+        # Issue 13.4: on a terminal the question names the database the worker restores into, not the one of
+        # this shell's own DATABASE_URL (which the note says is not used); answered no, nothing changes.
+        run_sql(celery_env.db_url, "DELETE FROM t WHERE id > 4000;")
+        changed = snapshot(celery_env.db_url)
+        other_name, other_url = make_db()
+        code, output = on_terminal(["restore-s3", name], {**celery_env.env, "DATABASE_URL": other_url}, "n",
+                                   cwd=str(ROOT))
+        assert code == 10, output
+        assert f"Restore into database {celery_env.db_name} on localhost? This replaces its data." in output
+        assert other_name not in output.split("Note:", 1)[0] and f"database {other_name} on " in output
+        assert "t: 4000 → 5000 (+1000)" in output and f"s3://{bucket}/backups/{name}" in output
+        assert_same(changed, snapshot(celery_env.db_url))
     finally:
         worker.stop()

@@ -75,11 +75,20 @@ def _get(port: int, path: str, auth: str) -> bytes:
         return response.read()
 
 
-def test_secrets_never_appear_in_logs_results_events_or_files(celery_env, secret_redis, s3_bucket, s3_endpoint,
+def database_url(form: str, name: str, password: str = SECRETS["db"]) -> str:
+    """The test's database in libpq's two forms, both with a password (trust auth ignores it)."""
+    if form == "url":
+        return f"postgresql://postgres:{password}@localhost:5432/{name}"
+    return f"host=localhost port=5432 dbname={name} user=postgres password={password}"
+
+
+@pytest.mark.parametrize("form", ["url", "keywords"])
+def test_secrets_never_appear_in_logs_results_events_or_files(form, celery_env, secret_redis, s3_bucket, s3_endpoint,
                                                                tmp_path, monkeypatch):
+    """Issue 13.1: the worker's DATABASE_URL in either form, including a worker whose database does not exist."""
     port, rclient = secret_redis
     broker = f"redis://:{SECRETS['redis']}@127.0.0.1:{port}/0"
-    db_url = celery_env.db_url.replace("postgres@", f"postgres:{SECRETS['db']}@", 1)  # trust auth ignores it
+    db_url = database_url(form, celery_env.db_name)
     env = {**celery_env.env, "CELERY_BROKER_URL": broker, "CELERY_RESULT_BACKEND": broker, "DATABASE_URL": db_url,
            "AWS_ACCESS_KEY_ID": SECRETS["aws_key"], "AWS_SECRET_ACCESS_KEY": SECRETS["aws_secret"],
            "AWS_DEFAULT_REGION": "us-east-1", "S3_ENDPOINT_URL": s3_endpoint, "S3_BUCKET_NAME": s3_bucket,
@@ -118,6 +127,7 @@ def test_secrets_never_appear_in_logs_results_events_or_files(celery_env, secret
         flower.wait(timeout=15)
         flower_log.close()
         worker.stop()
+    outputs += _with_a_missing_database(form, celery_env, env, tmp_path, backup.name)
 
     outputs.append(worker.output())
     outputs.append((tmp_path / "flower.log").read_text(errors="replace"))
@@ -136,6 +146,22 @@ def test_secrets_never_appear_in_logs_results_events_or_files(celery_env, secret
     assert "backup_tasks.restore" in everything  # the search covered real material
     leaked = [name for name, value in SECRETS.items() if value in everything]
     assert not leaked, f"secrets leaked: {leaked}"
+
+
+def _with_a_missing_database(form: str, celery_env, env: dict[str, str], tmp_path, name: str) -> list[str]:
+    """A worker whose DATABASE_URL names a database that does not exist: the connection errors of a backup and a
+    restore go to the client, the worker's log, the webhook-free failure payloads in Redis."""
+    wrong = {**env, "DATABASE_URL": database_url(form, "bt_test_no_such_database")}
+    worker = Worker(wrong, tmp_path / "wrong-db-worker.log").wait_ready()
+    outputs: list[str] = []
+    try:
+        for args in (["create"], ["restore", name, "--yes"]):
+            result = backupctl(celery_env, *args)
+            assert result.returncode == 6 and "does not exist" in result.stderr, result.stderr
+            outputs += [result.stdout, result.stderr]
+    finally:
+        worker.stop()
+    return outputs + [worker.output()]
 
 
 def _flower_up(port: int) -> bool:

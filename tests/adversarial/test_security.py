@@ -181,16 +181,22 @@ AWS_SECRET = "aws/Adversarial+Secret=9Qx2"
 SECRETS = (PASSWORD, AWS_KEY_ID, AWS_SECRET)
 
 
+def connection_string(form: str, *, user: str, dbname: str, port: int = 5432, password: str = PASSWORD) -> str:
+    """The same database in libpq's two forms, both carrying the password (trust auth ignores it)."""
+    if form == "url":
+        return f"postgresql://{user}:{password}@localhost:{port}/{dbname}"
+    return f"host=localhost port={port} dbname={dbname} user={user} password={password}"
+
+
 @pytest.fixture
 def secret_role(seeded):
+    """A superuser role with PASSWORD: what a DATABASE_URL holding the password logs in as."""
     role = f"bt_adv_{uuid.uuid4().hex[:8]}"
     conn = _admin()
     with conn.cursor() as cur:
         cur.execute(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD %s", (PASSWORD,))
     conn.close()
-    url = seeded.url.replace("postgres@", f"{role}:{PASSWORD}@", 1)
-    assert PASSWORD in url and url != seeded.url
-    yield url
+    yield role
     conn = _admin()
     with conn.cursor() as cur:
         cur.execute(f"DROP ROLE IF EXISTS {role}")
@@ -203,63 +209,94 @@ def _no_secret(where: str, text: str | bytes) -> None:
         assert secret not in data, f"{secret!r} appears in {where}"
 
 
-def test_secrets_never_appear_in_output_files_metadata_or_results(seeded, secret_role, s3_setup, s3_endpoint,
+def _cli_runs(name: str, secret_url: str, env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """Every command on the secret DSN (after `create --upload`), each succeeding."""
+    outputs = []
+    for args in (("list", "--local"), ("list-s3", "--local"), ("upload", name, "--local"),
+                 ("verify", name, "--local"), ("diff", name, "--local"),
+                 ("diff", name, "--local", "--database-url", secret_url),
+                 ("restore", name, "--local", "--dry-run"), ("restore", name, "--local", "--yes"),
+                 ("restore-s3", name, "--local", "--yes"), ("check", "--local")):
+        outputs.append(cli(*args, env=env))
+        assert_ok(outputs[-1])
+    return outputs
+
+
+def _failing_runs(name: str, role: str, form: str, seeded_db: str,
+                  env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    """The failures that print what they failed on: a database that does not exist, a port nobody listens on, a
+    role that does not exist, an S3 endpoint that is down."""
+    failing = [
+        ("diff", name, "--local", "--database-url", connection_string(form, user=role, dbname="no_such_database")),
+        ("diff", name, "--local", "--database-url", connection_string(form, user=role, dbname=seeded_db, port=1)),
+        ("restore", name, "--local", "--yes", "--database-url", connection_string(form, user="x" + role,
+                                                                                  dbname=seeded_db)),
+    ]
+    outputs = []
+    for args in failing:
+        outputs.append(cli(*args, env=env))
+        assert_clean_error(outputs[-1])
+    # The same failures through DATABASE_URL itself (the issue's case: `cannot connect to host=… password=…`).
+    wrong_db = {**env, "DATABASE_URL": connection_string(form, user=role, dbname="no_such_database")}
+    for args in (("create", "--local"), ("restore", name, "--local", "--yes")):
+        outputs.append(cli(*args, env=wrong_db))
+        assert "does not exist" in assert_clean_error(outputs[-1], 6)
+    s3_down = cli("upload", name, "--local", env={**env, "S3_ENDPOINT_URL": "http://127.0.0.1:9"})
+    assert_clean_error(s3_down, 7)
+    return outputs + [s3_down]
+
+
+@pytest.mark.parametrize("form", ["url", "keywords"])
+def test_secrets_never_appear_in_output_files_metadata_or_results(form, seeded, secret_role, s3_setup, s3_endpoint,
                                                                   s3_client, monkeypatch):
+    """Issue 13.1: with DATABASE_URL in either form, successes and failures alike."""
     bucket, backups = s3_setup
-    env = aws_env(s3_endpoint, bucket, backups, DATABASE_URL=secret_role, AWS_ACCESS_KEY_ID=AWS_KEY_ID,
+    secret_url = connection_string(form, user=secret_role, dbname=seeded.name)
+    env = aws_env(s3_endpoint, bucket, backups, DATABASE_URL=secret_url, AWS_ACCESS_KEY_ID=AWS_KEY_ID,
                   AWS_SECRET_ACCESS_KEY=AWS_SECRET)
     created = cli("create", "--local", "--upload", env=env)
     assert_ok(created)
     name = next(p.name for p in backups.iterdir() if p.name.endswith(".backup.gz"))
-    outputs = [created]
-    for args in (("list", "--local"), ("list-s3", "--local"), ("upload", name, "--local"),
-                 ("verify", name, "--local"), ("diff", name, "--local"),
-                 ("diff", name, "--local", "--database-url", secret_role),
-                 ("restore", name, "--local", "--dry-run"), ("restore", name, "--local", "--yes"),
-                 ("restore-s3", name, "--local", "--yes"), ("check", "--local")):
-        proc = cli(*args, env=env)
-        assert_ok(proc)
-        outputs.append(proc)
+    outputs = [created, *_cli_runs(name, secret_url, env)]
     (backups / name).unlink()
-    download = cli("download", name, "--local", env=env)
-    assert_ok(download)
-    outputs.append(download)
-    # Failures print the URL or endpoint they failed on: masked.
-    failing = [
-        ("diff", name, "--local", "--database-url", secret_role.rsplit("/", 1)[0] + "/no_such_database"),
-        ("diff", name, "--local", "--database-url", secret_role.replace(":5432/", ":1/")),
-        ("restore", name, "--local", "--yes", "--database-url", secret_role.replace("postgresql://", "postgresql://x")),
-    ]
-    for args in failing:
-        proc = cli(*args, env=env)
-        assert_clean_error(proc)
-        outputs.append(proc)
-    s3_down = cli("upload", name, "--local", env={**env, "S3_ENDPOINT_URL": "http://127.0.0.1:9"})
-    assert_clean_error(s3_down, 7)
-    outputs.append(s3_down)
+    outputs.append(cli("download", name, "--local", env=env))
+    assert_ok(outputs[-1])
+    outputs += _failing_runs(name, secret_role, form, seeded.name, env)
     for proc in outputs:
         _no_secret(f"the output of {proc.args[1:]}", proc.stdout + proc.stderr)
+    # The restore prompts (on a terminal, answered no) name the target database: by name only.
+    for args in (["restore", name, "--local"], ["restore-s3", name, "--local"]):
+        code, output = on_terminal(args, env, "n")
+        assert code == 10 and "Restore into database" in output, output
+        _no_secret(f"the prompt of {args}", output)
 
     assert_same(seeded.before, snapshot(seeded.url))
-    path = backups / name
+    _no_secret_in_files(backups / name, bucket, s3_client)
+    _no_secret_in_job_results(name, secret_url, env, backups, monkeypatch)
+    assert_same(seeded.before, snapshot(seeded.url))
+
+
+def _no_secret_in_files(path: Path, bucket: str, s3_client) -> None:
     _no_secret("the backup", gzip.decompress(path.read_bytes()))
-    _no_secret("the sidecar", path.with_name(name + ".sha256").read_bytes())
-    head = s3_client.head_object(Bucket=bucket, Key=f"backups/{name}")
+    _no_secret("the sidecar", path.with_name(path.name + ".sha256").read_bytes())
+    head = s3_client.head_object(Bucket=bucket, Key=f"backups/{path.name}")
     _no_secret("the S3 object's metadata", json.dumps(head["Metadata"]))
-    obj = s3_client.get_object(Bucket=bucket, Key=f"backups/{name}")["Body"].read()
+    obj = s3_client.get_object(Bucket=bucket, Key=f"backups/{path.name}")["Body"].read()
     _no_secret("the S3 object", gzip.decompress(obj))
 
-    # The jobs' results (what a Celery task returns and the result backend stores), run in-process.
+
+def _no_secret_in_job_results(name: str, secret_url: str, env: dict[str, str], backups: Path, monkeypatch) -> None:
+    """The jobs' results (what a Celery task returns and the result backend stores), run in-process."""
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     reset_settings_cache()
     try:
-        results = [run_job("create", {"database_url": secret_role, "upload": True})]
+        results = [run_job("create", {"database_url": secret_url, "upload": True})]
         results += [run_job(job, kwargs) for job, kwargs in (
-            ("diff", {"file": name, "database_url": secret_role}), ("verify", {"file": name}),
-            ("restore", {"file": name, "database_url": secret_role, "dry_run": True}),
-            ("restore", {"file": name, "database_url": secret_role}), ("upload", {"file": name}),
-            ("list_local", {}), ("list_s3", {}), ("restore_s3", {"name": name, "database_url": secret_role}),
+            ("diff", {"file": name, "database_url": secret_url}), ("verify", {"file": name}),
+            ("restore", {"file": name, "database_url": secret_url, "dry_run": True}),
+            ("restore", {"file": name, "database_url": secret_url}), ("upload", {"file": name}),
+            ("list_local", {}), ("list_s3", {}), ("restore_s3", {"name": name, "database_url": secret_url}),
             ("cleanup", {"dry_run": True}))]
         (backups / name).unlink()
         results.append(run_job("download", {"name": name}))
@@ -267,7 +304,6 @@ def test_secrets_never_appear_in_output_files_metadata_or_results(seeded, secret
         reset_settings_cache()
     for result in results:
         _no_secret("a job result", json.dumps(result, default=str))
-    assert_same(seeded.before, snapshot(seeded.url))
 
 
 # -- confirmation ------------------------------------------------------------------------------------------------
