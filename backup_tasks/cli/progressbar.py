@@ -8,6 +8,14 @@ from ..progress import Progress
 from ..units import format_bytes
 
 
+def progress_detail(event: Progress) -> str:
+    """The text beside the bar. A phase message ("rebuilding 3 indexes", "committing") says what happens after
+    the rows, while the counts stand still; otherwise the table and the counts."""
+    if event.message:
+        return event.message
+    return f"{event.table or ''} {event.rows_done:,} rows {format_bytes(event.bytes_done, 1)}".strip()
+
+
 class ProgressBar:
     """Callable ProgressFn drawing one rich progress bar; silent when stderr is not a terminal."""
 
@@ -43,11 +51,8 @@ class ProgressBar:
             total, done = event.rows_total, event.rows_done
         else:
             total, done = None, 0
-        # A phase message ("rebuilding 3 indexes", "committing") says what happens after the rows, when the
-        # counts stand still; otherwise the table and the counts.
-        counts = f"{event.table or ''} {event.rows_done:,} rows {format_bytes(event.bytes_done, 1)}".strip()
-        detail = event.message or counts
-        self._progress.update(self._task, description=event.phase, total=total, completed=done, detail=detail)
+        self._progress.update(self._task, description=event.phase, total=total, completed=done,
+                              detail=progress_detail(event))
 
     def close(self) -> None:
         if self._progress is not None:

@@ -12,8 +12,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import click
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
+from ..errors import BackupError
 from ..jobs.results import (CleanupJobResult, CreateJobResult, DiffJobResult, DownloadJobResult, ListingJobResult,
                             RestoreJobResult, ScheduledBackupResult, StoredBackup, UploadJobResult, VerifyJobResult)
 from ..models import DiffSummary, TableDiff
@@ -23,7 +24,15 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def as_model(model: type[M], result: dict[str, Any] | M) -> M:
-    return result if isinstance(result, model) else model.model_validate(result)
+    """A job's result dict as its model; a result of another shape is a BackupError, not a traceback."""
+    if isinstance(result, model):
+        return result
+    try:
+        return model.model_validate(result)
+    except ValidationError as exc:
+        raise BackupError(f"the job's result could not be read as {model.__name__} ({exc.error_count()} problems, "
+                          f"first: {exc.errors()[0]['loc']}: {exc.errors()[0]['msg']})",
+                          hint="Is the worker running another version of backup_tasks? Update both.") from None
 
 
 def timestamp(value: datetime | str | None) -> str:
