@@ -167,7 +167,7 @@ class JobTask(Task):
             limit = get_settings().CELERY_TASK_SOFT_TIME_LIMIT
             raise self.failed(BackupError(
                 f"{self.job} ran longer than CELERY_TASK_SOFT_TIME_LIMIT={limit}s and was stopped",
-                hint="A stopped backup leaves no file and a stopped restore changes nothing; raise the limit and retry.",
+                hint="A stopped backup leaves no file and a stopped restore changes nothing; raise the limit, retry.",
             ), info) from None
         except Exception as exc:  # noqa: BLE001 - an unexpected failure is still reported as JSON
             logger.exception("job %s failed unexpectedly", self.job)

@@ -4,8 +4,9 @@ The client never hangs on a dead queue: it pings the broker (2 s socket timeouts
 reply (1.5 s) before enqueuing, and raises QueueError with the hint to start a worker or use --local. The reply
 names the database the worker's jobs act on (its DATABASE_URL): when this process's own DATABASE_URL names
 another, a note on stderr says so before anything runs (the restore prompts name the database the job itself
-reported, see db_commands.confirm_restore). While waiting it follows the job's states (PROGRESS draws the bar); a job whose worker died (its
-liveness key in Redis lapsed) is reported as lost, about 20 s after the crash. Ctrl-C leaves the job running.
+reported, see db_commands.confirm_restore). While waiting it follows the job's states (PROGRESS draws the bar);
+a job whose worker died (its liveness key in Redis lapsed) is reported as lost, about 20 s after the crash.
+Ctrl-C leaves the job running.
 """
 
 from __future__ import annotations
