@@ -90,9 +90,9 @@ def test_a_local_restore_is_refused_while_a_queued_one_holds_the_lock_and_vice_v
         local_proc = subprocess.Popen([sys.executable, "-m", "backup_tasks", "restore", name, "--yes", "--local"],
                                       cwd=ROOT, env=celery_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       text=True)
-        wait_for(lambda: [h.owner for h in joblock.holders(celery_env.db_url)] == [f"local:{local_proc.pid}@"
-                                                                                  f"{socket.gethostname()}"],
-                 20, what="the --local restore to hold the lock")
+        owner = f"local:{local_proc.pid}@{socket.gethostname()}"
+        wait_for(lambda: [h.owner for h in joblock.holders(celery_env.db_url)] == [owner], 20,
+                 what="the --local restore to hold the lock")
         queued = backupctl(celery_env, "restore", name, "--yes")
         assert queued.returncode == 8, queued.stderr
         assert f"is being restored by a --local restore (pid {local_proc.pid} on " in queued.stderr
@@ -108,8 +108,11 @@ def test_local_takes_the_lock_without_redis(celery_env):
     small_table(celery_env.db_url)
     dead = f"redis://127.0.0.1:{free_port()}/0"
     env = {**celery_env.env, "CELERY_BROKER_URL": dead, "CELERY_RESULT_BACKEND": dead}
-    run = lambda *args: subprocess.run([sys.executable, "-m", "backup_tasks", *args], cwd=ROOT, env=env,  # noqa: E731
-                                       capture_output=True, text=True, timeout=60)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "backup_tasks", *args], cwd=ROOT, env=env, check=False,
+                              capture_output=True, text=True, timeout=60)
+
     created = run("create", "--local")
     assert created.returncode == 0, created.stderr
     name = saved_name(created.stdout)
