@@ -53,9 +53,18 @@ def flush_except_claim(r: redis.Redis) -> None:
             r.delete(key)
 
 
+# The number claimed by this process. Every module that star-imports this one gets its own instance of the
+# session fixture below; without this each of them claimed a database of its own, and a few sessions side by
+# side (other engineers' runs on the same Redis) used up all fifteen.
+_claimed: dict[str, object] = {}
+
+
 @pytest.fixture(scope="session")
 def redis_db() -> int:
-    """An empty Redis database number claimed for this test session."""
+    """An empty Redis database number claimed for this test session (one for all its modules)."""
+    if "n" in _claimed:
+        yield _claimed["n"]
+        return
     try:
         _redis(0).ping()
     except redis.RedisError:
@@ -69,6 +78,7 @@ def redis_db() -> int:
             r.delete(CLAIM_KEY)
     else:
         pytest.fail("no empty Redis database (1-15) to claim for the Celery tests")
+    _claimed["n"] = n
     yield n
     if r.get(CLAIM_KEY) == token.encode():
         r.flushdb()
