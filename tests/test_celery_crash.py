@@ -171,3 +171,19 @@ def test_a_backup_whose_pool_process_is_killed_is_delivered_again_and_completes(
     assert result["job"] == "create" and result["total_rows"] == ROWS
     assert "WorkerLostError" in worker.output() or "signal 9" in worker.output()
     assert [p.name for p in celery_env.backup_dir.glob("*.backup.gz")] == [result["name"]]
+
+
+def test_a_late_acked_job_delivered_too_often_is_not_run_again(celery_env, worker, client_app):
+    """The delivery count (before_start): a job whose worker died under it MAX_DELIVERIES times (simulated by
+    the count already at the limit) fails instead of running, and killing its worker, once more."""
+    from backup_tasks import queue_state
+    from backup_tasks.errors import BackupError
+    from backup_tasks.tasks import MAX_DELIVERIES
+
+    task_id = "00000000-0000-4000-8000-000000000042"
+    for _ in range(MAX_DELIVERIES):
+        queue_state.count_delivery(task_id, 0, celery_env.redis())
+    client_app.signature("backup_tasks.create", kwargs={}).apply_async(task_id=task_id)
+    with pytest.raises(BackupError, match=f"create was delivered {MAX_DELIVERIES + 1} times"):
+        outcome(follow(client_app, task_id, timeout_s=30), task_id)
+    assert not list(celery_env.backup_dir.glob("*.backup.gz"))
