@@ -18,7 +18,7 @@ from typing import Any, Callable
 import click
 
 from .. import dsn, errors
-from ..errors import BackupError, ConfigError, ExitCode, QueueError, Transient, UsageError
+from ..errors import BackupError, ConfigError, ExitCode, QueueError, UsageError
 from ..jobs.results import WorkerTarget
 from ..names import is_backup_name
 from ..progress import Progress
@@ -150,24 +150,11 @@ def enqueue(app: Any, name: str, kwargs: dict[str, Any]) -> str:
 # --- waiting ----------------------------------------------------------------------------------------------
 
 def error_from_payload(payload: Any) -> BackupError:
-    """The BackupError a job raised on the worker, rebuilt from its JSON payload (same class, hint, exit code)."""
+    """The BackupError a job raised on the worker, rebuilt from its JSON payload (same class, hint, exit code,
+    transient kind: errors.from_dict)."""
     if not isinstance(payload, dict) or "message" not in payload:
         return BackupError(f"the job failed: {payload}")
-    cls = getattr(errors, str(payload.get("type")), None)
-    if not (isinstance(cls, type) and issubclass(cls, BackupError)):
-        cls = BackupError
-    try:
-        transient = Transient(payload["transient"]) if payload.get("transient") else None
-    except ValueError:  # a kind this client does not know
-        transient = None
-    exc = cls(str(payload["message"]), payload.get("hint"), transient=transient)
-    code = payload.get("exit_code")
-    if isinstance(code, int) and code != int(exc.exit_code):
-        try:
-            exc.exit_code = errors.ExitCode(code)
-        except ValueError:
-            pass
-    return exc
+    return errors.from_dict(payload)
 
 
 def failure_error(result: Any, task_id: str) -> BackupError:
