@@ -139,10 +139,10 @@ def test_with_migration_versions_lists_every_file_with_a_version_or_a_reason(tmp
 def test_real_backups_single_and_parallel_are_listed_with_their_version(make_db, settings_env, backup_dir):
     from click.testing import CliRunner
 
-    from backup_tasks.cli import _register, cli
+    from backup_tasks.cli import cli, register_commands
     from tests.conftest import run_sql
 
-    _register()
+    register_commands()
     _, url = make_db()
     run_sql(url, "CREATE TABLE alembic_version (version_num varchar(32) PRIMARY KEY);"
                  "INSERT INTO alembic_version VALUES ('1bb3939gd176');"
