@@ -106,3 +106,25 @@ def test_a_deferred_constraint_that_fails_moves_no_sequence(make_db, backup_dir,
         restore_backup(bad, database_url=url)
     assert "tickets_code_key" in info.value.message
     assert_same(before, snapshot(url))  # the sequence too: still 5000
+
+
+def test_the_command_line_refreshes_by_default_and_says_so(shop, backup_dir):
+    import os
+    import subprocess
+    import sys
+
+    path = create_backup(backup_dir, database_url=shop)
+    run_sql(shop, "DELETE FROM orders; REFRESH MATERIALIZED VIEW region_totals")
+    env = {**os.environ, "DATABASE_URL": shop, "BACKUP_DIR": str(backup_dir)}
+    backupctl = str(Path(sys.executable).parent / "backupctl")
+    stale = totals(shop)
+    kept = subprocess.run([backupctl, "restore", Path(path).name, "--yes", "--local", "--no-refresh-views"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert kept.returncode == 0, kept.stderr
+    assert totals(shop) == stale and "Refreshed materialized views" not in kept.stdout
+    run_sql(shop, "DELETE FROM orders")
+    done = subprocess.run([backupctl, "restore", Path(path).name, "--yes", "--local"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "Refreshed materialized views: unrelated_count, region_totals, grand_total (" in done.stdout
+    assert totals(shop) != stale

@@ -20,6 +20,23 @@ def job_options(fn: Callable) -> Callable:
     return wrapper
 
 
+def restore_options(fn: Callable) -> Callable:
+    """What a restore does besides the tables' rows: materialized views and large objects."""
+
+    @click.option("--no-refresh-views", "no_refresh_views", is_flag=True,
+                  help="Leave the materialized views over the restored tables as they are (default: refresh them, "
+                       "in the same transaction).")
+    @click.option("--large-objects/--no-large-objects", "large_objects", default=None,
+                  help="Replace the database's large objects with the backup's (default: with a full restore, not "
+                       "with --table).")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, no_refresh_views: bool, large_objects: bool | None, **kwargs: Any) -> Any:
+        return fn(*args, restore_extras={"refresh_views": not no_refresh_views, "large_objects": large_objects},
+                  **kwargs)
+
+    return wrapper
+
+
 def database_option(fn: Callable) -> Callable:
     return click.option(
         "--database-url",

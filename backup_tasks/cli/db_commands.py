@@ -10,7 +10,7 @@ import click
 from ..errors import AbortedError
 from ..jobs.results import CreateJobResult, DiffJobResult, RestoreJobResult, VerifyJobResult
 from . import cli
-from .common import database_option, job_options, run_job
+from .common import database_option, job_options, restore_options, run_job
 from .render import (as_model, render_create, render_diff, render_dry_run, render_restore, render_restore_preface,
                      render_verify)
 
@@ -72,14 +72,15 @@ def confirm_restore(target: str, host: str | None, backup_db: str | None) -> Non
 @click.option("--dry-run", is_flag=True, help="Show the diff and change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @click.option("--table", "tables", multiple=True, help="Restore only this table (repeatable).")
+@restore_options
 @database_option
 @job_options
-def restore(file, dry_run, yes, tables, database_url, local, no_wait):
+def restore(file, dry_run, yes, tables, database_url, local, no_wait, restore_extras):
     """Replace the database's data with FILE's, in one transaction (FILE: path or backup name).
 
     With --yes one restore job runs and reports the seed's row-count diff it computed first; on a terminal the
     detailed diff is computed and shown (a person will read it), then the restore runs once confirmed."""
-    args = {"file": file, "database_url": database_url, "tables": list(tables) or None}
+    args = {"file": file, "database_url": database_url, "tables": list(tables) or None, **restore_extras}
     click.echo(f"Restoring from backup: {Path(file).name}")
     if dry_run:
         result = run_job("restore", {**args, "dry_run": True}, local=local, no_wait=no_wait)
@@ -90,12 +91,16 @@ def restore(file, dry_run, yes, tables, database_url, local, no_wait):
     click.echo("")
     click.echo("Calculating diff before restore...")
     if not yes:
-        preview = as_model(DiffJobResult, run_job("diff", args, local=local))
+        preview = as_model(DiffJobResult, run_job("diff", _diff_args(args), local=local))
         render_restore_preface(preview)
         confirm_restore(preview.target_database, preview.target_host, preview.backup_database_name)
     result = run_job("restore", {**args, "show_diff": yes}, local=local, no_wait=no_wait)
     if result is not None:
         render_restore(as_model(RestoreJobResult, result))
+
+
+def _diff_args(restore_args: dict) -> dict:
+    return {k: v for k, v in restore_args.items() if k in ("file", "database_url", "tables")}
 
 
 @cli.command()

@@ -76,6 +76,8 @@ def _diff_line(name: str, t: TableDiff) -> str:
 def render_diff_tables(d: DiffSummary) -> None:
     for name, t in d.tables.items():
         click.echo(_diff_line(name, t))
+    if d.large_objects is not None:
+        click.echo(_diff_line("(large objects)", d.large_objects))
 
 
 def render_diff_total(d: DiffSummary) -> None:
@@ -105,6 +107,10 @@ def render_restore_preface(d: DiffSummary) -> None:
 def render_dry_run(r: RestoreJobResult) -> None:
     if r.diff is not None:
         render_diff(r.diff)
+    if r.views_refreshed:
+        click.echo(f"Materialized views it would refresh: {', '.join(r.views_refreshed)}")
+    if r.views_not_refreshed:
+        click.echo(f"Materialized views it could not refresh (not owned): {', '.join(r.views_not_refreshed)}")
     click.echo("")
     click.echo(r.message)
 
@@ -119,11 +125,36 @@ def render_restore(r: RestoreJobResult) -> None:
                f"{r.migration_version_after or '(none)'}")
     for t in r.tables:
         click.echo(f"Restoring table: {t.name} ({t.rows} rows)")
+    _render_after_rows(r)
     if r.sequences_restored:
         click.echo(f"Restoring sequences: {r.sequences_restored}")
     click.echo("Committing transaction...")
     click.echo("")
     click.echo(r.message)
+
+
+def _render_after_rows(r: RestoreJobResult) -> None:
+    """What the restore did after the rows, with the time each step took."""
+    objects = r.large_objects or {}
+    if objects.get("restored") or objects.get("removed"):
+        click.echo(f"Restoring large objects: {objects.get('restored', 0)} ({format_bytes(objects.get('bytes', 0))})"
+                   + _seconds(r, "large_objects"))
+        if objects.get("owners_missing"):
+            click.echo(f"  owned by the restoring role instead (role missing or not ours to give): "
+                       f"{', '.join(objects['owners_missing'])}")
+    elif objects.get("skipped"):
+        click.echo(f"Large objects: {objects['skipped']}")
+    for label, key in (("Rebuilt indexes", "indexes"), ("Validated foreign keys", "foreign_keys")):
+        if key in r.phase_s:
+            click.echo(f"{label}{_seconds(r, key)}")
+    if r.views_refreshed:
+        click.echo(f"Refreshed materialized views: {', '.join(r.views_refreshed)}{_seconds(r, 'views')}")
+    if r.views_not_refreshed:
+        click.echo(f"Not refreshed (owned by another role): {', '.join(r.views_not_refreshed)}")
+
+
+def _seconds(r: RestoreJobResult, phase: str) -> str:
+    return f" ({r.phase_s[phase]:.2f} s)" if phase in r.phase_s else ""
 
 
 def render_verify(v: VerifyJobResult) -> None:

@@ -13,7 +13,7 @@ from ..jobs.results import (CleanupJobResult, DownloadJobResult, ListingJobResul
                             UploadJobResult)
 from ..names import validate_name
 from . import cli
-from .common import database_option, job_options, run_job
+from .common import database_option, job_options, restore_options, run_job
 from .db_commands import confirm_restore, require_terminal
 from .render import (as_model, render_cleanup, render_download, render_dry_run, render_listing, render_restore,
                      render_restore_preface, render_upload)
@@ -76,9 +76,11 @@ def _downloaded_line(r: RestoreJobResult) -> None:
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @database_option
 @click.option("--table", "tables", multiple=True, metavar="NAME", help="Restore only this table (repeatable).")
+@restore_options
 @job_options
 def restore_s3_cmd(
-    name: str, dry_run: bool, yes: bool, database_url: str | None, tables: tuple[str, ...], local: bool, no_wait: bool
+    name: str, dry_run: bool, yes: bool, database_url: str | None, tables: tuple[str, ...], local: bool, no_wait: bool,
+    restore_extras: dict,
 ) -> None:
     """Download backup NAME from S3 to a temp file, verify it, restore it, and remove the temp file.
 
@@ -86,7 +88,7 @@ def restore_s3_cmd(
     database it would restore into, as the job reports it, then the restore runs once confirmed."""
     validate_name(name)
     click.echo(f"Restoring from S3 backup: {name}")
-    args = {"name": name, "database_url": database_url, "tables": list(tables) or None}
+    args = {"name": name, "database_url": database_url, "tables": list(tables) or None, **restore_extras}
     if dry_run:
         result = run_job("restore_s3", {**args, "dry_run": True}, local=local, no_wait=no_wait)
         if result is not None:

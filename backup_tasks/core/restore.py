@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from ..archive.copytext import encode_rows
 from ..archive.reader import LARGE_OBJECTS, BackupReader
@@ -31,12 +31,14 @@ BIG_TABLE_BYTES = 4 << 20
 
 def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: str, dry_run: bool = False,
                    tables: list[str] | None = None, progress: ProgressFn | None = None,
-                   options: EngineOptions = EngineOptions(), large_objects: bool | None = None) -> RestoreResult:
+                   options: EngineOptions = EngineOptions(), large_objects: bool | None = None,
+                   before_commit: Callable[[], None] | None = None) -> RestoreResult:
     """Restore the backup into the database at `database_url`.
 
     show_diff computes the seed's per-table row counts first (result.diff: from the backup's manifest and the
     database, without reading the file twice); dry_run computes the full row-level diff and changes nothing.
     large_objects: None restores them with a full restore and leaves them alone with `tables`; True/False force.
+    before_commit: raises to roll back at the last moment (the caller's job lock was lost, say).
     Raises a BackupError (a RuntimeError); on any failure nothing was changed.
     """
     pin_mmap_threshold()
@@ -58,7 +60,8 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
                    set_migration=not tables, large_objects=with_objects)
         loaded = _load(tx, source, plan, options, progress, with_objects)
         finished = tx.finish(sequences, plan.targets, views, progress or no_progress,
-                             expected_large_objects=source.contents.large_objects if with_objects else None)
+                             expected_large_objects=source.contents.large_objects if with_objects else None,
+                             before_commit=before_commit)
     return _result(source, tx, plan, loaded, finished, diff, with_objects, started)
 
 

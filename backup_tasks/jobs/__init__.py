@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..progress import ProgressFn, no_progress
 from ..settings import get_settings
+
+if TYPE_CHECKING:
+    from ..pg.joblock import JobLock
 
 JobFn = Callable[..., dict[str, Any]]
 JOBS: dict[str, JobFn] = {}
@@ -42,14 +45,14 @@ def run_job(name: str, kwargs: dict[str, Any], progress: ProgressFn | None = Non
 
 
 @contextmanager
-def database_lock(database_url: str | None, mode: str, job_name: str) -> Iterator[None]:
+def database_lock(database_url: str | None, mode: str, job_name: str) -> Iterator[JobLock]:
     """The target database's job lock for the block: EXCLUSIVE for a restore, SHARED for a backup, a diff or a
     dry run. BusyError at once when another job holds it in a conflicting mode."""
     from ..pg.joblock import job_lock, local_owner
 
     url = database_url or get_settings().database_url
-    with job_lock(url, mode, job_name, _task_id.get() or local_owner()):
-        yield
+    with job_lock(url, mode, job_name, _task_id.get() or local_owner()) as lock:
+        yield lock
 
 
 def _load() -> None:

@@ -94,9 +94,10 @@ def restore_file(path: str, *, progress: ProgressFn, database_url: str | None = 
                  source: dict[str, Any] | None = None) -> dict[str, Any]:
     """Restore (or dry-run) a local file under the database's job lock: exclusive, shared for a dry run."""
     options = engine_options().with_(refresh_views=refresh_views)
-    with database_lock(database_url, SHARED if dry_run else EXCLUSIVE, job_name):
+    with database_lock(database_url, SHARED if dry_run else EXCLUSIVE, job_name) as lock:
         result = restore_backup(Path(path), show_diff=show_diff, database_url=_url(database_url), dry_run=dry_run,
-                                tables=tables, progress=progress, options=options, large_objects=large_objects)
+                                tables=tables, progress=progress, options=options, large_objects=large_objects,
+                                before_commit=lock.check)
     out = {**result.model_dump(), **_target(database_url), "file": str(path), "source": source}
     return RestoreJobResult.model_validate(out).model_dump(mode="json")
 

@@ -110,6 +110,8 @@ def restore_s3(
     database_url: str | None = None,
     tables: list[str] | None = None,
     show_diff: bool = True,
+    refresh_views: bool = True,
+    large_objects: bool | None = None,
     progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
     from . import db
@@ -117,7 +119,8 @@ def restore_s3(
     # The lock is taken after the download (restore_file): a restore elsewhere need not wait for the transfer.
     with downloaded_to_temp(name, progress) as (path, source):
         return db.restore_file(str(path), database_url=database_url, dry_run=dry_run, tables=tables,
-                               show_diff=show_diff, progress=progress, job_name="restore_s3", source=source)
+                               show_diff=show_diff, refresh_views=refresh_views, large_objects=large_objects,
+                               progress=progress, job_name="restore_s3", source=source)
 
 
 @job("verify_s3")

@@ -17,6 +17,8 @@ from ..errors import ConfigError, DatabaseError, Transient
 # array_nulls=on and xmloption=content pin how values are *parsed* on restore: a database or role with
 # array_nulls=off read the NULL elements of restored arrays as the text "NULL" (or failed on non-text arrays),
 # and xmloption=document refused XML content fragments that the column legitimately holds.
+# tcp_keepalives_*: the server drops the session of a client host that vanished (power, network) within ~25 s, so
+# its locks go with it, instead of the kernel's ~2 h; libpq's keepalives (CLIENT_KEEPALIVES) do the same for us.
 # synchronize_seqscans=off (as pg_dump sets it): every scan starts at the table's first page, so rows come in the
 # same order in one process and in a parallel backup's page ranges, and a diff finds them in the file's order.
 # statement_timeout and idle_in_transaction_session_timeout are reset as pg_dump does: applications often set
@@ -27,6 +29,7 @@ SESSION_OPTIONS = (
     "-c bytea_output=hex -c client_encoding=UTF8 -c row_security=off -c standard_conforming_strings=on "
     "-c lc_monetary=C -c search_path=pg_catalog -c array_nulls=on -c xmloption=content "
     "-c statement_timeout=0 -c idle_in_transaction_session_timeout=0 -c synchronize_seqscans=off "
+    "-c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 -c tcp_keepalives_count=3 "
     "-c application_name=backup_tasks"
 )
 
@@ -41,6 +44,13 @@ _PASSING = (
 )
 
 
+# libpq's side: probe an idle connection after 10 s, every 5 s, give up after 3 (a vanished server is noticed).
+CLIENT_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3"}
+# PostgreSQL 14+: a statement notices a client that went away (a killed worker) within 10 s even while it waits
+# on a lock or sends COPY data, and ends, releasing what it holds. Unknown to older servers: set after connecting.
+CLIENT_CHECK = "SET client_connection_check_interval = '10s'"
+
+
 def connect(url: str, *, application: str = "backup_tasks") -> psycopg2.extensions.connection:
     """A connection with the pinned session; a DatabaseError naming the database (never the URL) otherwise."""
     try:
@@ -49,7 +59,8 @@ def connect(url: str, *, application: str = "backup_tasks") -> psycopg2.extensio
     except ConfigError as exc:
         raise DatabaseError(f"invalid database URL: {exc.message}", hint=exc.hint) from None
     try:
-        conn = psycopg2.connect(url, options=SESSION_OPTIONS.replace("backup_tasks", application), connect_timeout=10)
+        conn = psycopg2.connect(dsn.with_params(url, CLIENT_KEEPALIVES),  # the URL's own settings win
+                                options=SESSION_OPTIONS.replace("backup_tasks", application), connect_timeout=10)
     except psycopg2.OperationalError as exc:
         first = dsn.mask((str(exc).strip().splitlines() or ["connection failed"])[0])
         passing = any(marker in first.lower() for marker in _PASSING)
@@ -58,6 +69,10 @@ def connect(url: str, *, application: str = "backup_tasks") -> psycopg2.extensio
     except psycopg2.ProgrammingError as exc:
         raise DatabaseError(f"invalid database URL for {target}: {dsn.mask(str(exc).strip())}",
                             hint="DATABASE_URL looks like postgresql://user:password@host:5432/dbname") from None
+    if conn.server_version >= 140000:
+        with conn.cursor() as cur:
+            cur.execute(CLIENT_CHECK)
+        conn.commit()  # a plain SET outside any transaction the caller starts (set_session needs none open)
     return conn
 
 

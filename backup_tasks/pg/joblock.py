@@ -50,11 +50,9 @@ KEY_CLASS = 0x62746A6C  # "btjl" (backup_tasks job lock): a first int no applica
 KEY_JOB = 1
 EXCLUSIVE, SHARED = "exclusive", "shared"
 APPLICATION_PREFIX = "backup_tasks:"
-# libpq's side: probe an idle connection after 10 s, every 5 s, give up after 3 (a vanished server is noticed).
-CLIENT_KEEPALIVES = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3"}
-# The server's side: the same for the lock's session, so a vanished client host frees the lock in ~25 s; and no
-# idle_session_timeout (PostgreSQL 14+), which a database or role may set and which would end the idle session.
-SERVER_SETTINGS = ("SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; SET tcp_keepalives_count = 3")
+# Keepalives both ways come with every connection (pg/connection.py), so a vanished client host frees the lock in
+# ~25 s. The lock's session also needs no idle_session_timeout (PostgreSQL 14+), which a database or role may set
+# and which would end the idle session.
 RETAKE_EVERY_S = 2.0
 
 _HOLDERS = """
@@ -108,6 +106,15 @@ class JobLock:
         self._conn = None
         self._stop_r, self._stop_w = -1, -1
         self._watcher: threading.Thread | None = None
+        self.lost = False  # the session ended and the lock could not be taken again: another job may run beside
+
+    def check(self) -> None:
+        """Raise BusyError once the lock is lost: called by a restore just before it commits, so two restores can
+        never both commit, even when the lock's session was cut under one of them."""
+        if self.lost:
+            raise BusyError(f"the job lock on {self.target} was lost while {self.job} ran (its session ended and "
+                            "another job may hold it now); nothing was committed",
+                            hint="Check who holds it (`backupctl status`), then run the job again.")
 
     @property
     def backend_pid(self) -> int | None:
@@ -139,11 +146,10 @@ class JobLock:
 
     def _try_take(self) -> tuple[object | None, list[Holder]]:
         """(session holding the lock, []) or (None, who holds it instead)."""
-        conn = connect(dsn.with_params(self.url, CLIENT_KEEPALIVES), application=application_name(self.job, self.owner))
+        conn = connect(self.url, application=application_name(self.job, self.owner))
         try:
             conn.autocommit = True
             with conn.cursor() as cur:
-                cur.execute(SERVER_SETTINGS)
                 if conn.server_version >= 140000:
                     cur.execute("SET idle_session_timeout = 0")
                 fn = "pg_try_advisory_lock" if self.mode == EXCLUSIVE else "pg_try_advisory_lock_shared"
@@ -186,13 +192,16 @@ class JobLock:
                 logger.error("cannot take the job lock on %s again (%s); retrying", self.target, exc.message)
                 if _stopped(self._stop_r, RETAKE_EVERY_S):
                     return False
+                self.lost = True  # not held for now: a commit must wait until it is again
                 continue
             if conn is None:
+                self.lost = True
                 logger.error("%s lost the job lock on %s and cannot take it again: %s. Another job may run "
                              "beside this one.", self.job, self.target, busy_error(self.target, self.job,
                                                                                    holders).message)
                 return False
             old, self._conn = self._conn, conn
+            self.lost = False
             old.close()
             logger.warning("the job lock on %s is held again by %s", self.target, self.job)
             return True

@@ -135,7 +135,8 @@ class RestoreTransaction:
 
     def finish(self, sequences: list[tuple[str, str, int, bool]] | None, restored: list[Table],
                views: list[ops.MaterializedView], progress: ProgressFn,
-               expected_large_objects: int | None = None) -> Finished:
+               expected_large_objects: int | None = None,
+               before_commit: Callable[[], None] | None = None) -> Finished:
         """Indexes, foreign keys and checks back (each validated), triggers back in their modes, large objects
         written, materialized views refreshed, deferred constraints checked, sequences set, commit."""
         cur, p, done = self.cur, self.prepared, Finished()
@@ -168,6 +169,8 @@ class RestoreTransaction:
             else:
                 ops.set_sequences(cur, sequences)
                 done.sequences_set = len(sequences)
+        if before_commit is not None:
+            before_commit()  # raises to roll back (a BackupError: the restore's caller decides)
         with self._phase(done, progress, "commit", "committing"):
             self.conn.commit()
         return done
