@@ -69,6 +69,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         # One reserved job per process: a reserved job is unacknowledged too, and waits.
         "worker_prefetch_multiplier": 1,
+        # A queue of its own for every worker node: a parallel backup's helpers go to the coordinator's node,
+        # whose pool processes share its BACKUP_DIR (tasks.JobTask.part_runner).
+        "worker_direct": True,
         # Per task in tasks.py (restore: early ack); these are the defaults for anything else.
         "task_acks_late": False,
         "task_reject_on_worker_lost": False,

@@ -112,6 +112,7 @@ class BackupResult(BaseModel):
     large_object_bytes: int = 0
     not_included: list[NotIncludedItem] = Field(default_factory=list)
     parts: int = 1  # written by this many parts (a parallel backup), assembled in order
+    part_writers: int | None = None  # processes that wrote the parts (queued parallel backups)
 
 
 class TableDiff(BaseModel):

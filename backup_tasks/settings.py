@@ -31,6 +31,9 @@ class Settings(BaseSettings):
         512 * 1024 * 1024, description="largest single row (as JSON) a restore accepts; bounds memory on hostile files"
     )
     BACKUP_JOBS: int = Field(1, ge=1, le=64, description="parts of a backup written at once (1: one process)")
+    BACKUP_PART_LEASE_S: float = Field(
+        30, gt=0, description="a parallel backup's part whose writer stopped renewing for this long is written again"
+    )
     BACKUP_SPLIT_MIN_BYTES: int = Field(
         128 * 1024 * 1024, ge=1024 * 1024,
         description="a parallel backup splits tables bigger than this into page ranges of about half of it"

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any, Callable
 
 from celery import Task
@@ -47,7 +48,8 @@ from .errors import BackupError, Transient, UsageError
 from .jobs import run_job
 from .jobs.results import ScheduledBackupResult, WorkerTarget
 from .names import validate_name
-from .progress import Progress, ProgressFn
+from .partwork import BoardRunner, PartBoard, help_with
+from .progress import Progress, ProgressFn, Throttle
 from .settings import get_settings
 
 logger = get_task_logger(__name__)
@@ -179,11 +181,26 @@ class JobTask(Task):
     def _run_job(self, kwargs: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
         kwargs = checked_kwargs(self.job, kwargs)
         upload = self.job == "create" and bool(kwargs.pop("upload", False))
+        if self.job == "create":
+            kwargs["runner_factory"] = self.part_runner
         result = run_job(self.job, kwargs, progress, task_id=self.request.id)
         if upload:  # after the backup and its lock; retried here, not by a new message that would back up again
             result["upload"] = retried_in_task(
                 lambda: run_job("upload", {"file": result["name"]}, progress, task_id=self.request.id), "upload")
         return result
+
+    def part_runner(self, jobs: int, directory: Path) -> BoardRunner:
+        """How this task writes a parallel backup: parts on a Redis board, helper tasks on this worker's own
+        node (its pool processes share `directory`: worker_direct queues), this task taking parts too."""
+        hostname = self.request.hostname
+
+        def send_helpers(count: int) -> None:
+            for _ in range(count):
+                self.app.send_task("backup_tasks.backup_parts", kwargs={"job": board_job},
+                                   exchange="C.dq2", routing_key=hostname)
+
+        board_job = secrets.token_hex(8)  # a redelivered coordinator starts a new board, with a new snapshot
+        return BoardRunner(queue_state.client(), board_job, jobs, directory, send_helpers)
 
     def failed(self, exc: BackupError, info: dict[str, Any]) -> JobFailed:
         """The JobFailed to raise for `exc`: TransientJobFailed (retried) when its kind is one this task retries."""
@@ -311,6 +328,30 @@ def cleanup(self: JobTask, **kwargs: Any) -> dict[str, Any]:
     return self.perform(kwargs)
 
 
+# Late-acked: a helper whose worker died is delivered again and takes parts again while the backup runs; after
+# it ended, a redelivered helper finds the board closed and does nothing.
+@app.task(base=JobTask, bind=True, name="backup_tasks.backup_parts")
+def backup_parts(self: JobTask, job: str) -> dict[str, Any]:
+    """Help a parallel backup: write its parts until none is waiting (partwork.help_with)."""
+    def body(info: dict[str, Any], progress: ProgressFn) -> dict[str, Any]:
+        ticks = _PartTicks(progress)
+        return {"board": job, "parts_written": help_with(PartBoard(queue_state.client(), job), ticks.add)}
+
+    return self.perform({}, body)
+
+
+class _PartTicks:
+    """A helper's own progress (task-progress events: Flower shows each part's writer)."""
+
+    def __init__(self, progress: ProgressFn):
+        self.progress, self.rows, self.bytes = Throttle(progress), 0, 0
+
+    def add(self, rows: int, size: int) -> None:
+        self.rows += rows
+        self.bytes += size
+        self.progress(Progress("backup part", None, self.rows, None, self.bytes))
+
+
 # --- what the client asks before enqueuing ---------------------------------------------------------------
 
 @inspect_command(name=TARGET_COMMAND)
@@ -347,7 +388,7 @@ def _scheduled(task: JobTask, info: dict[str, Any], progress: ProgressFn, cron: 
     if status == "created":  # this task made the backup, then its worker died: finish the rest
         created: dict[str, Any] = {"name": detail, "resumed": True}
     else:
-        created = run_job("create", {}, progress, task_id=task_id)
+        created = run_job("create", {"runner_factory": task.part_runner}, progress, task_id=task_id)
         queue_state.slot_created(url, slot, task_id, created["name"])
     info["file"] = created["name"]
     uploaded = None

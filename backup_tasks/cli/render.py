@@ -57,6 +57,9 @@ def render_create(r: CreateJobResult) -> None:
     for item in r.not_included:
         click.echo(f"Not included: {item.kind} {item.name} ({item.reason})")
     click.echo(f"Backup size: {format_bytes(r.uncompressed_bytes)} → {format_bytes(r.compressed_bytes)} (compressed)")
+    if r.parts > 1:
+        writers = f" by {r.part_writers} process{'es' if r.part_writers != 1 else ''}" if r.part_writers else ""
+        click.echo(f"Written in {r.parts} parts{writers}, in one snapshot")
     click.echo(f"Saved to: {r.path}")
     if r.upload is not None:
         click.echo(f"Uploaded to: {r.upload.url}")

@@ -28,6 +28,7 @@ from ..names import make_name
 from ..pg.connection import connection
 from ..pg.largeobjects import read_chunks
 from ..pg.snapshot import END, SnapshotInfo, iter_table_batches, open_backup_snapshot
+from .parts import PART_FILE_PREFIX
 from ..progress import Progress, ProgressFn, Throttle
 from .options import EngineOptions
 
@@ -232,17 +233,22 @@ def _publish(tmp: Path, out: Path, taken_at: datetime) -> Path:
 
 
 STALE_PARTIAL_S = 3600
+# A finished part of a parallel backup may wait for the parts before it for as long as the backup runs.
+STALE_PART_S = 24 * 3600
 
 
 def _sweep_stale_partials(out: Path) -> None:
     """Remove partial files of backups that died (SIGKILL, OOM, power loss) and so could not clean up.
 
-    A running backup writes its partial file continuously, so one untouched for an hour is dead. They never look
-    like backups (hidden, `.tmp-` suffix); this only gives their disk space back."""
-    cutoff = time.time() - STALE_PARTIAL_S
-    for partial in out.glob(".backup_*.backup.gz.tmp-*"):
+    A running backup writes its partial file continuously, so one untouched for an hour is dead; a part waits
+    for assembly at most as long as its backup runs. They never look like backups (hidden); this only gives
+    their disk space back."""
+    now = time.time()
+    stale = [(p, STALE_PARTIAL_S) for p in out.glob(".backup_*.backup.gz.tmp-*")]
+    stale += [(p, STALE_PART_S) for p in out.glob(PART_FILE_PREFIX + "*")]
+    for partial, age in stale:
         try:
-            if partial.stat().st_mtime < cutoff:
+            if partial.stat().st_mtime < now - age:
                 partial.unlink()
         except OSError:
             pass

@@ -36,7 +36,8 @@ from ..progress import Progress, ProgressFn, Throttle
 from .backup import (_prepare_directory, _publish, _write_sidecars, backup_metadata, manifest_of, metadata_document,
                      partial_path, table_header)
 from .options import EngineOptions
-from .parts import OBJECTS, RANGE, TABLE, PartResult, PartSpec, PartTask, Unit, part_failure, write_part
+from .parts import (OBJECTS, PART_FILE_PREFIX, RANGE, TABLE, PartResult, PartSpec, PartTask, Unit, part_failure,
+                    write_part)
 
 MiB = 1 << 20
 MIN_TID_RANGE_SERVER = 140000  # TID Range Scans: PostgreSQL 14; before, a page range is a sequential scan
@@ -273,6 +274,7 @@ def run_parallel_backup(output_dir: Path, *, database_url: str, runner: PartRunn
         duration_s=round(time.monotonic() - started, 3), large_objects=len(snap.large_objects),
         large_object_bytes=sum(r.object_bytes for r in assembly.results.values()),
         not_included=metadata.not_included, parts=len(plan.parts),
+        part_writers=len({r.writer.rsplit(":", 1)[0] for r in assembly.results.values() if r.writer}) or None,
     )
     _write_sidecars(final, digest, manifest_of(result, metadata))
     return result
@@ -298,7 +300,7 @@ class ProcessRunner:
         self.processes, self.directory, self.token = processes, Path(directory), token
 
     def _path(self, spec: PartSpec) -> str:
-        return str(self.directory / f".backup_tasks-part-{self.token}-{spec.index:05d}")
+        return str(self.directory / f"{PART_FILE_PREFIX}{self.token}-{spec.index:05d}")
 
     def run(self, parts, task, on_done, keepalive, progress) -> None:
         ctx = multiprocessing.get_context("spawn")  # the parent holds a database connection: never fork it

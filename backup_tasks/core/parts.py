@@ -19,6 +19,8 @@ from ..pg.largeobjects import list_large_objects, read_chunks
 from ..pg.snapshot import END, iter_batches, join_snapshot
 
 TABLE, RANGE, OBJECTS = "table", "range", "objects"
+# A part's hidden file next to the backup while it is assembled: never a backup name; swept when stale (backup.py).
+PART_FILE_PREFIX = ".backup_tasks-part-"
 
 
 @dataclass
@@ -70,6 +72,7 @@ class PartResult:
     compressed: int = 0
     seconds: float = 0.0
     object_bytes: int = 0  # the large objects' own bytes (their chunks' data)
+    writer: str | None = None  # who wrote it (host:pid:token), when a board handed it out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

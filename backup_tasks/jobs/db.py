@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..core import calculate_diff, restore_backup, run_backup, verify_backup
 from ..core.parallel import PartRunner, ProcessRunner, run_parallel_backup
@@ -56,15 +56,18 @@ def _target(database_url: str | None) -> dict[str, str]:
 
 @job("create")
 def create(*, progress: ProgressFn, output_dir: str | None = None, database_url: str | None = None,
-           upload: bool = False, jobs: int | None = None, runner: PartRunner | None = None) -> dict[str, Any]:
-    """A backup; with jobs > 1 (default BACKUP_JOBS) written in parts at once, by `runner` (a Celery task passes
-    its workers) or by a pool of local processes. The coordinator holds the shared job lock for all the parts."""
+           upload: bool = False, jobs: int | None = None,
+           runner_factory: Callable[[int, Path], PartRunner] | None = None) -> dict[str, Any]:
+    """A backup; with jobs > 1 (default BACKUP_JOBS) written in parts at once, by the runner `runner_factory(jobs,
+    directory)` makes (a Celery task passes its workers') or by a pool of local processes. The coordinator holds
+    the shared job lock for all the parts."""
     settings = get_settings()
     out = Path(output_dir) if output_dir else settings.BACKUP_DIR
     count = jobs or settings.BACKUP_JOBS
     with database_lock(database_url, SHARED, "create"):
         if count > 1:
-            runner = runner or ProcessRunner(count, out, secrets.token_hex(6))
+            runner = (runner_factory(count, out) if runner_factory
+                      else ProcessRunner(count, out, secrets.token_hex(6)))
             result = run_parallel_backup(out, database_url=_url(database_url), runner=runner, progress=progress,
                                          options=engine_options())
         else:
