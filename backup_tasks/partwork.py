@@ -25,11 +25,13 @@ from typing import Any, Callable, Iterator
 import redis
 
 from . import errors
-from .archive.writer import FileSink
-from .core.parts import PART_FILE_PREFIX, PartResult, PartSpec, PartTask, part_failure, write_part
+from .core.destination import LocalPartStore, S3PartStore
+from .core.parallel import PartStore
+from .core.parts import PartResult, PartSpec, PartTask, part_failure, write_part
 from .errors import BackupError, QueueError
 from .queue_state import PREFIX, call
 from .settings import get_settings
+from .storage.factory import s3_storage
 
 BOARD_TTL_S = 2 * 24 * 3600  # a board outlives any backup, then goes
 # The board's state lives only while its coordinator renews it: when the coordinator dies (and its snapshot with
@@ -203,33 +205,43 @@ class _Lease:
         self._thread.join(timeout=self.board.lease_ms / 5000 + 5)
 
 
-def part_output(directory: str, job: str, index: int, owner: str) -> str:
-    """A hidden file next to the backup for one writing of one part (a part written twice never shares a file)."""
-    token = owner.rsplit(":", 1)[-1]
-    return str(Path(directory) / f"{PART_FILE_PREFIX}{job}-{index:05d}-{token}")
+def describe_store(store: PartStore) -> dict[str, str]:
+    """How a helper finds the store the coordinator chose (it builds its own from its own settings)."""
+    if isinstance(store, LocalPartStore):
+        return {"kind": "local", "directory": str(store.directory)}
+    if isinstance(store, S3PartStore):
+        return {"kind": "s3"}
+    raise ValueError(f"unknown part store {store!r}")
 
 
-def write_claimed(board: PartBoard, index: int, spec: dict, owner: str, shared: dict,
+def store_from(description: dict[str, str]) -> PartStore:
+    if description["kind"] == "local":
+        return LocalPartStore(Path(description["directory"]))
+    return S3PartStore(s3_storage())
+
+
+def write_claimed(board: PartBoard, index: int, spec: dict, owner: str, shared: dict, store: PartStore,
                   tick: Callable[[int, int], None] | None = None) -> bool:
-    """Write one claimed part into its hidden file and record the result; a failure is recorded for the
-    coordinator (the whole backup fails, naming the part). False when the result did not count."""
+    """Write one claimed part (a part written twice never shares an output: the owner's token is in its name) and
+    record the result; a failure is recorded for the coordinator (the whole backup fails, naming the part).
+    False when the result did not count."""
     part = PartSpec.from_dict(spec)
-    output = part_output(shared["directory"], board.job, index, owner)
+    sink, output = store.open(board.job, f"{index:05d}-{owner.rsplit(':', 1)[-1]}")
     task = PartTask(**shared["task"])
     pending = _Ticks(board, tick)
     try:
         with _Lease(board, index, owner):
-            result = write_part(part, task, FileSink(Path(output)), output, pending.add)
+            result = write_part(part, task, sink, output, pending.add)
         result.writer = owner
     except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, which fails the backup
-        Path(output).unlink(missing_ok=True)
+        store.remove(output)
         board.fail(index, part_failure(part, exc).to_dict())
         if not isinstance(exc, Exception):
             raise
         return False
     pending.flush()
     if not board.finish(index, owner, result.to_dict()):
-        Path(output).unlink(missing_ok=True)
+        store.remove(output)
         return False
     return True
 
@@ -289,10 +301,10 @@ def help_with(board: PartBoard, tick: Callable[[int, int], None] | None = None) 
     shared = board.task()
     if shared is None or board.state() != "running":
         return 0  # the backup ended before this helper started (or a redelivery after it ended)
-    owner, written = owner_name(), 0
+    owner, written, store = owner_name(), 0, store_from(shared["store"])
     while board.state() == "running" and (claimed := board.claim(owner)) is not None:
         index, spec = claimed
-        written += write_claimed(board, index, spec, owner, shared, tick)
+        written += write_claimed(board, index, spec, owner, shared, store, tick)
     return written
 
 
@@ -300,20 +312,19 @@ def help_with(board: PartBoard, tick: Callable[[int, int], None] | None = None) 
 
 class BoardRunner:
     """core/parallel.py's PartRunner on Celery workers: the parts go on the board; `send_helpers(n)` (tasks.py)
-    asks for n helper tasks on this worker's own node (its processes share this directory); the coordinator takes
-    parts itself whenever none is waiting for a helper, so one worker process completes any --jobs."""
+    asks for n helper tasks (on this worker's own node when the parts go to its local directory); the coordinator
+    takes parts itself whenever none is waiting for a helper, so one worker process completes any --jobs."""
 
     POLL_S = 0.2
 
-    def __init__(self, r: redis.Redis, job: str, jobs: int, directory: Path,
-                 send_helpers: Callable[[int], None]):
+    def __init__(self, r: redis.Redis, job: str, jobs: int, store: PartStore, send_helpers: Callable[[int], None]):
         self.board = PartBoard(r, job)
-        self.jobs, self.directory, self.send_helpers = jobs, Path(directory), send_helpers
+        self.jobs, self.store, self.send_helpers = jobs, store, send_helpers
         self.owner = owner_name()
 
     def run(self, parts: list[PartSpec], task: PartTask, on_done, keepalive, progress) -> None:
         order = [p.index for p in sorted(parts, key=lambda p: -p.estimate)]  # the biggest first
-        shared = {"task": asdict(task), "directory": str(self.directory)}
+        shared = {"task": asdict(task), "store": describe_store(self.store)}
         self.board.publish({p.index: p.to_dict() for p in parts}, order, shared)
         heartbeat = _Heartbeat(self.board)
         try:
@@ -323,7 +334,7 @@ class BoardRunner:
             self.board.close("done")
         except BaseException:
             self.board.close("abandoned")
-            self._remove_all()
+            self.store.remove_all(self.board.job)
             raise
 
     def _until_done(self, count: int, shared: dict, on_done, keepalive, progress) -> None:
@@ -345,18 +356,12 @@ class BoardRunner:
             if len(delivered) < count:
                 claimed = self.board.claim(self.owner)
                 if claimed is not None:
-                    write_claimed(self.board, *claimed, self.owner, shared)
+                    write_claimed(self.board, *claimed, self.owner, shared, self.store)
                 else:
                     time.sleep(self.POLL_S)
 
-    def _remove_all(self) -> None:
-        for path in self.directory.glob(f"{PART_FILE_PREFIX}{self.board.job}-*"):
-            path.unlink(missing_ok=True)
-
     def read(self, output: str) -> Iterator[bytes]:
-        with open(output, "rb") as f:
-            while chunk := f.read(1 << 20):
-                yield chunk
+        return self.store.read(output)
 
     def remove(self, output: str) -> None:
-        Path(output).unlink(missing_ok=True)
+        self.store.remove(output)

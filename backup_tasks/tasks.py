@@ -32,7 +32,7 @@ import secrets
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path, PurePath
+from pathlib import PurePath
 from typing import Any, Callable
 
 from celery import Task
@@ -48,6 +48,8 @@ from .errors import BackupError, Transient, UsageError
 from .jobs import run_job
 from .jobs.results import ScheduledBackupResult, WorkerTarget
 from .names import validate_name
+from .core.destination import LocalPartStore
+from .core.parallel import PartStore
 from .partwork import BoardRunner, PartBoard, help_with
 from .progress import Progress, ProgressFn, Throttle
 from .settings import get_settings
@@ -189,18 +191,20 @@ class JobTask(Task):
                 lambda: run_job("upload", {"file": result["name"]}, progress, task_id=self.request.id), "upload")
         return result
 
-    def part_runner(self, jobs: int, directory: Path) -> BoardRunner:
-        """How this task writes a parallel backup: parts on a Redis board, helper tasks on this worker's own
-        node (its pool processes share `directory`: worker_direct queues), this task taking parts too."""
+    def part_runner(self, jobs: int, store: PartStore) -> BoardRunner:
+        """How this task writes a parallel backup: parts on a Redis board, this task taking parts too, helper
+        tasks on this worker's own node when the parts go to its directory (its pool processes share it:
+        worker_direct queues), on any worker when they go to S3."""
         hostname = self.request.hostname
+        local = isinstance(store, LocalPartStore)
 
         def send_helpers(count: int) -> None:
+            route = {"exchange": "C.dq2", "routing_key": hostname} if local else {}
             for _ in range(count):
-                self.app.send_task("backup_tasks.backup_parts", kwargs={"job": board_job},
-                                   exchange="C.dq2", routing_key=hostname)
+                self.app.send_task("backup_tasks.backup_parts", kwargs={"job": board_job}, **route)
 
         board_job = secrets.token_hex(8)  # a redelivered coordinator starts a new board, with a new snapshot
-        return BoardRunner(queue_state.client(), board_job, jobs, directory, send_helpers)
+        return BoardRunner(queue_state.client(), board_job, jobs, store, send_helpers)
 
     def failed(self, exc: BackupError, info: dict[str, Any]) -> JobFailed:
         """The JobFailed to raise for `exc`: TransientJobFailed (retried) when its kind is one this task retries."""

@@ -21,6 +21,7 @@ import pytest
 
 from backup_tasks.core import calculate_diff, restore_backup, run_backup, verify_backup
 from backup_tasks.core.options import EngineOptions
+from backup_tasks.core.destination import LocalPartStore
 from backup_tasks.core.parallel import ProcessRunner, run_parallel_backup
 from backup_tasks.errors import BackupError
 from tests.conftest import ADMIN_URL, query, run_sql, wait_for
@@ -32,8 +33,8 @@ SPLIT_EVERYTHING = EngineOptions(split_min_bytes=64 * 1024)  # every table of mo
 
 
 def parallel(out: Path, url: str, jobs: int, options: EngineOptions = SPLIT_EVERYTHING):
-    return run_parallel_backup(out, database_url=url, runner=ProcessRunner(jobs, out, secrets.token_hex(4)),
-                               options=options)
+    runner = ProcessRunner(jobs, LocalPartStore(out), secrets.token_hex(4))
+    return run_parallel_backup(out, database_url=url, runner=runner, options=options)
 
 
 def document(path: str) -> bytes:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from ..errors import AbortedError
+from ..errors import AbortedError, UsageError
 from ..jobs.results import CreateJobResult, DiffJobResult, RestoreJobResult, VerifyJobResult
 from . import cli
 from .common import database_option, job_options, restore_options, run_job
@@ -22,12 +22,17 @@ from .render import (as_model, render_create, render_diff, render_dry_run, rende
 @click.option("--jobs", "-j", type=click.IntRange(1, 64), default=None, metavar="N",
               help="Write the backup in N parts at once, in one snapshot (default BACKUP_JOBS): on the workers, "
                    "or with --local in N local processes.")
+@click.option("--to", "to", type=click.Choice(["local", "s3"]), default="local", show_default=True,
+              help="Where the backup is written: BACKUP_DIR, or straight into the bucket (no local copy at all).")
 @database_option
 @job_options
-def create(output_dir, upload, jobs, database_url, local, no_wait):
+def create(output_dir, upload, jobs, to, database_url, local, no_wait):
     """Back up the database to a gzip JSON file."""
+    if to == "s3" and (upload or output_dir):
+        raise UsageError("--to s3 writes into the bucket directly: --upload and --output-dir do not apply",
+                         hint="Use --to local --upload to keep a local copy and upload it.")
     click.echo("Creating database backup...")
-    kwargs = {"output_dir": output_dir, "database_url": database_url, "upload": upload, "jobs": jobs}
+    kwargs = {"output_dir": output_dir, "database_url": database_url, "upload": upload, "jobs": jobs, "to": to}
     result = run_job("create", kwargs, local=local, no_wait=no_wait)
     if result is not None:
         render_create(as_model(CreateJobResult, result))

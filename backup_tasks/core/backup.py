@@ -6,30 +6,22 @@ sidecar and its manifest), so a reader never sees half a backup under a backup n
 
 from __future__ import annotations
 
-import errno
-import os
-import secrets
 import time
-from contextlib import contextmanager
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .. import __version__, dsn
 from ..archive.reader import LARGE_OBJECT_COLUMNS, LARGE_OBJECTS
 from ..archive.writer import ArchiveWriter
-from ..checksum import sidecar_path, write_sidecar
-from ..errors import StorageError
-from ..manifest import Manifest, manifest_path, write_manifest
+from ..manifest import Manifest
 from ..memory import pin_mmap_threshold
 from ..models import (LARGE_OBJECTS_FORMAT_VERSION, BackupMetadata, BackupResult, LargeObjectsInfo,
                       NotIncludedItem, SequenceState, TableReport, TableSchema)
-from ..names import make_name
 from ..pg.connection import connection
 from ..pg.largeobjects import read_chunks
 from ..pg.snapshot import END, SnapshotInfo, iter_table_batches, open_backup_snapshot
-from .parts import PART_FILE_PREFIX
 from ..progress import Progress, ProgressFn, Throttle
+from .destination import Destination, LocalDestination, writing
 from .options import EngineOptions
 
 DEFAULT_OUTPUT_DIR = Path("./backups")  # the seed's default
@@ -45,29 +37,36 @@ def create_backup(output_dir: Path | None = None, *, database_url: str, progress
 
 
 def run_backup(output_dir: Path | None = None, *, database_url: str, progress: ProgressFn | None = None,
-               options: EngineOptions = EngineOptions()) -> BackupResult:
+               options: EngineOptions = EngineOptions(), destination: Destination | None = None) -> BackupResult:
+    """Back up into `destination` (default: the directory `output_dir`, else ./backups)."""
     pin_mmap_threshold()
-    out = Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_DIR
+    destination = destination or LocalDestination(Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_DIR)
     started = time.monotonic()
-    _prepare_directory(out)
+    destination.prepare()
     with connection(database_url) as conn:
         snap = open_backup_snapshot(conn, options.lock_timeout_s)
         metadata = backup_metadata(snap, dsn.parse(database_url).host)
-        with _partial_file(out, snap.taken_at, options) as writer:
-            writer.begin(metadata_document(metadata))
-            written = _write_tables(writer, conn, snap, options, Throttle(progress))
-            lo_bytes = _write_large_objects(writer, conn, snap, options, Throttle(progress))
-            compressed, digest = writer.finish()
-            final = _publish(writer.path, out, snap.taken_at)
-    result = BackupResult(
-        path=str(final), name=final.name, timestamp=snap.taken_at, migration_version=snap.migration_version,
-        database_name=snap.database, tables=written, total_rows=sum(r.rows for r in written),
-        uncompressed_bytes=writer.uncompressed_bytes, compressed_bytes=compressed, sha256=digest,
-        duration_s=round(time.monotonic() - started, 3), large_objects=len(snap.large_objects),
-        large_object_bytes=lo_bytes, not_included=metadata.not_included,
-    )
-    _write_sidecars(final, digest, manifest_of(result, metadata))
-    return result
+        with writing(destination):
+            writer = ArchiveWriter(sink=destination.begin(snap.taken_at, snap.migration_version),
+                                   compresslevel=options.compress_level)
+            try:
+                writer.begin(metadata_document(metadata))
+                written = _write_tables(writer, conn, snap, options, Throttle(progress))
+                lo_bytes = _write_large_objects(writer, conn, snap, options, Throttle(progress))
+                compressed, digest = writer.finish()
+            except BaseException:
+                writer.close()
+                raise
+            result = BackupResult(
+                path="", name="", timestamp=snap.taken_at, migration_version=snap.migration_version,
+                database_name=snap.database, tables=written, total_rows=sum(r.rows for r in written),
+                uncompressed_bytes=writer.uncompressed_bytes, compressed_bytes=compressed, sha256=digest,
+                duration_s=0.0, large_objects=len(snap.large_objects), large_object_bytes=lo_bytes,
+                not_included=metadata.not_included,
+            )
+            name, where = destination.publish(digest, manifest_of(result, metadata))
+    return result.model_copy(update={"name": name, "path": where,
+                                     "duration_s": round(time.monotonic() - started, 3)})
 
 
 def backup_metadata(snap: SnapshotInfo, host: str) -> BackupMetadata:
@@ -162,104 +161,3 @@ def manifest_of(result: BackupResult, metadata: BackupMetadata) -> Manifest:
     )
 
 
-# --- the file on disk -----------------------------------------------------------------------------------
-
-def _prepare_directory(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StorageError(f"cannot create backup directory {out}: {exc.strerror}") from None
-    _sweep_stale_partials(out)
-
-
-@contextmanager
-def partial_path(out: Path, taken_at: datetime) -> Iterator[Path]:
-    """A hidden temporary name in `out` for the backup being written, removed unless the block published it; disk
-    errors as StorageErrors (a full disk says so and leaves nothing behind)."""
-    tmp = out / f".{make_name(taken_at)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    try:
-        yield tmp
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        if exc.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
-            raise StorageError(f"no space left while writing the backup to {out}",
-                               hint="Free disk space or point BACKUP_DIR elsewhere; no partial file was kept.") from None
-        raise StorageError(f"writing the backup to {out} failed: {exc.strerror or exc}") from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-@contextmanager
-def _partial_file(out: Path, taken_at: datetime, options: EngineOptions) -> Iterator[ArchiveWriter]:
-    """The writer of a hidden temporary file (partial_path), abandoned unless the block finished it."""
-    with partial_path(out, taken_at) as tmp:
-        try:
-            writer = ArchiveWriter(tmp, compresslevel=options.compress_level)
-        except OSError as exc:
-            raise StorageError(f"cannot write to {out}: {exc.strerror}") from None
-        try:
-            yield writer
-        except BaseException:
-            writer.close()
-            raise
-
-
-def _write_sidecars(final: Path, digest: str, manifest: Manifest) -> None:
-    """The checksum and the manifest next to the published file; if they cannot be written the backup is taken
-    back (a backup without its checksum would be restored unverified)."""
-    try:
-        write_sidecar(final, digest)
-        write_manifest(final, manifest)
-    except OSError as exc:
-        for path in (final, sidecar_path(final), manifest_path(final)):
-            path.unlink(missing_ok=True)
-        raise StorageError(f"writing the checksum and manifest of {final.name} failed: {exc.strerror or exc}",
-                           hint="Free disk space or check BACKUP_DIR's permissions; the backup was removed.") from None
-
-
-def _publish(tmp: Path, out: Path, taken_at: datetime) -> Path:
-    """Give the finished file its backup name without ever replacing another backup (link fails if taken)."""
-    for sequence in range(0, 10000):
-        final = out / make_name(taken_at, sequence)
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            continue
-        tmp.unlink()
-        _fsync_dir(out)
-        return final
-    raise StorageError(f"too many backups named for {taken_at:%Y-%m-%d %H:%M:%S} in {out}")
-
-
-STALE_PARTIAL_S = 3600
-# A finished part of a parallel backup may wait for the parts before it for as long as the backup runs.
-STALE_PART_S = 24 * 3600
-
-
-def _sweep_stale_partials(out: Path) -> None:
-    """Remove partial files of backups that died (SIGKILL, OOM, power loss) and so could not clean up.
-
-    A running backup writes its partial file continuously, so one untouched for an hour is dead; a part waits
-    for assembly at most as long as its backup runs. They never look like backups (hidden); this only gives
-    their disk space back."""
-    now = time.time()
-    stale = [(p, STALE_PARTIAL_S) for p in out.glob(".backup_*.backup.gz.tmp-*")]
-    stale += [(p, STALE_PART_S) for p in out.glob(PART_FILE_PREFIX + "*")]
-    for partial, age in stale:
-        try:
-            if partial.stat().st_mtime < now - age:
-                partial.unlink()
-        except OSError:
-            pass
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

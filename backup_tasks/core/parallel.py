@@ -25,7 +25,7 @@ from isal import igzip
 from .. import dsn, errors
 from ..archive import document
 from ..archive.reader import LARGE_OBJECT_COLUMNS, LARGE_OBJECTS
-from ..archive.writer import FileSink, Sink
+from ..archive.writer import Sink
 from ..errors import BackupError
 from ..memory import pin_mmap_threshold
 from ..models import BackupResult, TableReport
@@ -33,11 +33,10 @@ from ..pg.catalog import Table
 from ..pg.connection import connection, keep_alive
 from ..pg.snapshot import SnapshotInfo, export_snapshot, is_small, open_backup_snapshot, select_rows
 from ..progress import Progress, ProgressFn, Throttle
-from .backup import (_prepare_directory, _publish, _write_sidecars, backup_metadata, manifest_of, metadata_document,
-                     partial_path, table_header)
+from .backup import DEFAULT_OUTPUT_DIR, backup_metadata, manifest_of, metadata_document, table_header
+from .destination import Destination, LocalDestination, writing
 from .options import EngineOptions
-from .parts import (OBJECTS, PART_FILE_PREFIX, RANGE, TABLE, PartResult, PartSpec, PartTask, Unit, part_failure,
-                    write_part)
+from .parts import OBJECTS, RANGE, TABLE, PartResult, PartSpec, PartTask, Unit, part_failure, write_part
 
 MiB = 1 << 20
 MIN_TID_RANGE_SERVER = 140000  # TID Range Scans: PostgreSQL 14; before, a page range is a sequential scan
@@ -228,6 +227,18 @@ class Assembly:
 
 # --- running the parts ------------------------------------------------------------------------------------
 
+class PartStore(Protocol):
+    """Where parts are written (core/destination.py: LocalPartStore, S3PartStore); picklable, for pool processes."""
+
+    def open(self, job: str, part: str) -> tuple[Sink, str]: ...
+
+    def read(self, output: str) -> Iterator[bytes]: ...
+
+    def remove(self, output: str) -> None: ...
+
+    def remove_all(self, job: str) -> None: ...
+
+
 class PartRunner(Protocol):
     """Runs every part (any order, concurrently), calling on_done(result) in the caller's thread as each
     finishes and keepalive() about every second; raises the first failure (naming the part) after stopping the
@@ -241,14 +252,14 @@ class PartRunner(Protocol):
     def remove(self, output: str) -> None: ...
 
 
-def run_parallel_backup(output_dir: Path, *, database_url: str, runner: PartRunner,
+def run_parallel_backup(output_dir: Path | None = None, *, database_url: str, runner: PartRunner,
                         progress: ProgressFn | None = None, options: EngineOptions = EngineOptions(),
-                        sink: Sink | None = None) -> BackupResult:
-    """Back up with the parts written by `runner`; the same file (and result) as run_backup."""
+                        destination: Destination | None = None) -> BackupResult:
+    """Back up with the parts written by `runner`; the same document (and result) as run_backup."""
     pin_mmap_threshold()
-    out = Path(output_dir)
+    destination = destination or LocalDestination(Path(output_dir) if output_dir is not None else DEFAULT_OUTPUT_DIR)
     started = time.monotonic()
-    _prepare_directory(out)
+    destination.prepare()
     report = Throttle(progress)
     with connection(database_url) as conn:
         snap = open_backup_snapshot(conn, options.lock_timeout_s)
@@ -256,8 +267,9 @@ def run_parallel_backup(output_dir: Path, *, database_url: str, runner: PartRunn
         cur = conn.cursor()
         plan = plan_backup(cur, snap, metadata_document(metadata), options, conn.server_version)
         task = PartTask(database_url, export_snapshot(cur), options.compress_level, options.batch_bytes)
-        with partial_path(out, snap.taken_at) as tmp:
-            assembly = Assembly(plan, sink or FileSink(tmp), options.compress_level, runner.read, runner.remove)
+        with writing(destination):
+            sink = destination.begin(snap.taken_at, snap.migration_version)
+            assembly = Assembly(plan, sink, options.compress_level, runner.read, runner.remove)
             done = _Counter(report, sum(t.estimated_rows for t in snap.catalog.tables) or None)
             try:
                 runner.run(plan.parts, task, assembly.add, lambda: keep_alive(conn), done.add)
@@ -265,19 +277,23 @@ def run_parallel_backup(output_dir: Path, *, database_url: str, runner: PartRunn
             except BaseException:
                 assembly.abort()
                 raise
-            final = _publish(tmp, out, snap.taken_at)
+            result = _result(snap, metadata, plan, assembly, compressed, digest)
+            name, where = destination.publish(digest, manifest_of(result, metadata))
     report.flush()
-    result = BackupResult(
-        path=str(final), name=final.name, timestamp=snap.taken_at, migration_version=snap.migration_version,
+    return result.model_copy(update={"name": name, "path": where,
+                                     "duration_s": round(time.monotonic() - started, 3)})
+
+
+def _result(snap: SnapshotInfo, metadata, plan: Plan, assembly: Assembly, compressed: int,
+            digest: str) -> BackupResult:
+    writers = {r.writer.rsplit(":", 1)[0] for r in assembly.results.values() if r.writer}
+    return BackupResult(
+        path="", name="", timestamp=snap.taken_at, migration_version=snap.migration_version,
         database_name=snap.database, tables=assembly.tables, total_rows=sum(t.rows for t in assembly.tables),
-        uncompressed_bytes=assembly.uncompressed, compressed_bytes=compressed, sha256=digest,
-        duration_s=round(time.monotonic() - started, 3), large_objects=len(snap.large_objects),
-        large_object_bytes=sum(r.object_bytes for r in assembly.results.values()),
-        not_included=metadata.not_included, parts=len(plan.parts),
-        part_writers=len({r.writer.rsplit(":", 1)[0] for r in assembly.results.values() if r.writer}) or None,
+        uncompressed_bytes=assembly.uncompressed, compressed_bytes=compressed, sha256=digest, duration_s=0.0,
+        large_objects=len(snap.large_objects), large_object_bytes=sum(r.object_bytes for r in assembly.results.values()),
+        not_included=metadata.not_included, parts=len(plan.parts), part_writers=len(writers) or None,
     )
-    _write_sidecars(final, digest, manifest_of(result, metadata))
-    return result
 
 
 class _Counter:
@@ -293,14 +309,11 @@ class _Counter:
 
 
 class ProcessRunner:
-    """Parts written by a pool of local processes (`backupctl create --local --jobs N`), each part into a hidden
-    file next to the backup; the coordinator's process only assembles."""
+    """Parts written by a pool of local processes (`backupctl create --local --jobs N`), each into `store` (hidden
+    files next to the backup, or temporary S3 objects); the coordinator's process only assembles."""
 
-    def __init__(self, processes: int, directory: Path, token: str):
-        self.processes, self.directory, self.token = processes, Path(directory), token
-
-    def _path(self, spec: PartSpec) -> str:
-        return str(self.directory / f"{PART_FILE_PREFIX}{self.token}-{spec.index:05d}")
+    def __init__(self, processes: int, store: PartStore, token: str):
+        self.processes, self.store, self.token = processes, store, token
 
     def run(self, parts, task, on_done, keepalive, progress) -> None:
         ctx = multiprocessing.get_context("spawn")  # the parent holds a database connection: never fork it
@@ -308,27 +321,24 @@ class ProcessRunner:
         order = sorted(parts, key=lambda p: -p.estimate)  # the biggest first: the last to finish is small
         pool = ctx.Pool(min(self.processes, len(parts)) or 1, initializer=_child_init, initargs=(ticks,))
         try:
-            pending = pool.imap_unordered(_child_part, [(s.to_dict(), task, self._path(s)) for s in order])
-            for outcome in _results(pending, keepalive, ticks, progress):
+            jobs = [(s.to_dict(), task, self.store, self.token) for s in order]
+            for outcome in _results(pool.imap_unordered(_child_part, jobs), keepalive, ticks, progress):
                 if "error" in outcome:
                     raise errors.from_dict(outcome["error"])
                 on_done(PartResult.from_dict(outcome["result"]))
             pool.close()
         except BaseException:
             pool.terminate()
-            for spec in parts:
-                self.remove(self._path(spec))
+            self.store.remove_all(self.token)
             raise
         finally:
             pool.join()
 
     def read(self, output: str) -> Iterator[bytes]:
-        with open(output, "rb") as f:
-            while chunk := f.read(1 << 20):
-                yield chunk
+        return self.store.read(output)
 
     def remove(self, output: str) -> None:
-        Path(output).unlink(missing_ok=True)
+        self.store.remove(output)
 
 
 def _results(pending, keepalive, ticks, progress) -> Iterator[dict]:
@@ -363,7 +373,7 @@ def _child_init(ticks) -> None:
 def _child_part(args: tuple) -> dict:
     """In a pool process: write one part; failures come back as data (an exception's hint would not survive
     pickling)."""
-    spec_data, task, path = args
+    spec_data, task, store, token = args
     spec = PartSpec.from_dict(spec_data)
     pending = [0, 0, time.monotonic()]
 
@@ -374,10 +384,11 @@ def _child_part(args: tuple) -> dict:
             _ticks.put((pending[0], pending[1]))
             pending[:] = [0, 0, time.monotonic()]
 
+    sink, output = store.open(token, f"{spec.index:05d}")
     try:
-        result = write_part(spec, task, FileSink(Path(path)), path, tick)
+        result = write_part(spec, task, sink, output, tick)
     except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, which fails the backup
-        Path(path).unlink(missing_ok=True)
+        store.remove(output)
         return {"error": part_failure(spec, exc).to_dict()}
     if pending[0] or pending[1]:
         _ticks.put((pending[0], pending[1]))

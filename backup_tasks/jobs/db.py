@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core import calculate_diff, restore_backup, run_backup, verify_backup
-from ..core.parallel import PartRunner, ProcessRunner, run_parallel_backup
+from ..core.destination import Destination, LocalDestination, LocalPartStore, S3Destination, S3PartStore
+from ..core.parallel import PartRunner, PartStore, ProcessRunner, run_parallel_backup
+from ..storage.factory import s3_storage
 from ..errors import NotFoundError, UsageError
 from ..names import is_backup_name
 from .. import dsn
@@ -56,28 +58,39 @@ def _target(database_url: str | None) -> dict[str, str]:
 
 @job("create")
 def create(*, progress: ProgressFn, output_dir: str | None = None, database_url: str | None = None,
-           upload: bool = False, jobs: int | None = None,
-           runner_factory: Callable[[int, Path], PartRunner] | None = None) -> dict[str, Any]:
-    """A backup; with jobs > 1 (default BACKUP_JOBS) written in parts at once, by the runner `runner_factory(jobs,
-    directory)` makes (a Celery task passes its workers') or by a pool of local processes. The coordinator holds
-    the shared job lock for all the parts."""
+           upload: bool = False, jobs: int | None = None, to: str = "local",
+           runner_factory: Callable[[int, PartStore], PartRunner] | None = None) -> dict[str, Any]:
+    """A backup into BACKUP_DIR (`to` "local") or straight into the bucket ("s3": no local copy at all); with
+    jobs > 1 (default BACKUP_JOBS) written in parts at once, by the runner `runner_factory(jobs, store)` makes (a
+    Celery task passes its workers') or by a pool of local processes. The coordinator holds the shared job lock
+    for all the parts."""
     settings = get_settings()
-    out = Path(output_dir) if output_dir else settings.BACKUP_DIR
+    destination, store = _destination(to, Path(output_dir) if output_dir else settings.BACKUP_DIR)
     count = jobs or settings.BACKUP_JOBS
     with database_lock(database_url, SHARED, "create"):
         if count > 1:
-            runner = (runner_factory(count, out) if runner_factory
-                      else ProcessRunner(count, out, secrets.token_hex(6)))
-            result = run_parallel_backup(out, database_url=_url(database_url), runner=runner, progress=progress,
-                                         options=engine_options())
+            runner = (runner_factory(count, store) if runner_factory
+                      else ProcessRunner(count, store, secrets.token_hex(6)))
+            result = run_parallel_backup(database_url=_url(database_url), runner=runner, progress=progress,
+                                         options=engine_options(), destination=destination)
         else:
-            result = run_backup(out, database_url=_url(database_url), progress=progress, options=engine_options())
+            result = run_backup(database_url=_url(database_url), progress=progress, options=engine_options(),
+                                destination=destination)
     uploaded = None
-    if upload:  # after the lock: a restore need not wait for the upload
+    if upload and to != "s3":  # after the lock: a restore need not wait for the upload
         from .storage import upload as upload_job
 
         uploaded = upload_job(file=result.path, progress=progress)
     return CreateJobResult.model_validate({**result.model_dump(), "upload": uploaded}).model_dump(mode="json")
+
+
+def _destination(to: str, directory: Path) -> tuple[Destination, PartStore]:
+    if to == "local":
+        return LocalDestination(directory), LocalPartStore(directory)
+    if to == "s3":
+        storage = s3_storage()
+        return S3Destination(storage), S3PartStore(storage)
+    raise UsageError(f"unknown destination {to!r}", hint="Use --to local or --to s3.")
 
 
 @job("diff")

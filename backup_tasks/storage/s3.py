@@ -31,9 +31,10 @@ from botocore.exceptions import (
 from .. import dsn
 from ..checksum import is_digest, read_sidecar, sha256_file, write_sidecar
 from ..errors import ConfigError, IntegrityError, NotFoundError, StorageError, Transient
-from ..names import SIDECARS, parse_name, parse_sidecar, sidecar_name, sidecar_path, validate_name
+from ..names import SIDECARS, make_name, parse_name, parse_sidecar, sidecar_name, sidecar_path, validate_name
 from ..progress import Progress, ProgressFn, Throttle
 from . import local
+from .s3_upload import S3Upload
 from .base import (
     CALLER_SIDECARS,
     SIDECAR_MAX_BYTES,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
 
 MB = 1024 * 1024
+PARTS_FOLDER = ".backup_tasks-parts/"  # temporary objects of parallel backups, under the prefix
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
 _DENIED = {"403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}
 _CRED_HINT = (
@@ -118,6 +120,7 @@ class S3Storage:
             raise ConfigError(
                 "S3_SSE_KMS_KEY_ID is set but S3_SSE is not 'aws:kms'", hint="Set S3_SSE=aws:kms to use the key."
             )
+        self._settings = (settings, max_attempts, multipart_threshold, multipart_chunksize, max_concurrency)
         self.bucket = settings.S3_BUCKET_NAME
         prefix = settings.S3_PREFIX.lstrip("/")
         # "backups" and "backups/" mean the same folder; without the slash keys would read "backupsbackup_…".
@@ -150,6 +153,12 @@ class S3Storage:
 
     def __repr__(self) -> str:
         return f"S3Storage({self.url()!r})"
+
+    def __reduce__(self):
+        """Rebuilt from its settings in another process (a pool process writing a part): a client is not
+        picklable. (The settings go through the pool's pipe to a child of this process, nowhere else.)"""
+        settings, attempts, threshold, chunk, concurrency = self._settings
+        return _rebuilt, (settings, attempts, threshold, chunk, concurrency)
 
     def url(self, name: str = "") -> str:
         return f"s3://{self.bucket}/{self.prefix}{name}"
@@ -407,3 +416,66 @@ class S3Storage:
             body.close()
         check_sidecar_size(side, len(data), reading=True)
         return data
+
+    # --- streamed writes (storage/s3_upload.py): a backup or a parallel backup's part, no local copy ---------
+
+    def free_name(self, taken_at) -> str:
+        """The first backup name for `taken_at` that no object has (`_1`, `_2`… after the first)."""
+        for sequence in range(0, 10000):
+            name = make_name(taken_at, sequence)
+            if not self.exists(name):
+                return name
+        raise StorageError(f"too many backups named for {taken_at:%Y-%m-%d %H:%M:%S} in {self.url()}")
+
+    def begin_backup(self, name: str, migration_version: str | None) -> S3Upload:
+        """A Sink that becomes the object of backup `name` when finished, its sha256 and size recorded."""
+        meta = {}
+        if migration_version and migration_version.isascii() and len(migration_version) <= 256:
+            meta["migration-version"] = migration_version
+        return S3Upload(self._client, self.bucket, self._key(name), self._errors, self._extra, metadata=meta)
+
+    def begin_part(self, job: str, part: str) -> tuple[S3Upload, str]:
+        """A Sink for a part of a parallel backup, as a temporary object; returns it and the object's key."""
+        key = self._part_key(job, part)
+        return S3Upload(self._client, self.bucket, key, self._errors, self._extra), key
+
+    def _part_key(self, job: str, part: str = "") -> str:
+        # Nested under the prefix: never a backup name (listings and retention pass over it).
+        if not job.isalnum() or (part and not part.replace("-", "").isalnum()):
+            raise ValueError(f"not a part name: {job!r}/{part!r}")
+        return f"{self.prefix}{PARTS_FOLDER}{job}/{part}"
+
+    def read_part(self, key: str) -> Iterator[bytes]:
+        with self._errors("download"):
+            body = self._client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        try:
+            with self._errors("download"):
+                yield from body.iter_chunks(1 << 20)
+        finally:
+            body.close()
+
+    def remove_part(self, key: str) -> None:
+        with self._errors("delete"):
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+
+    def abandon_parts(self, job: str) -> None:
+        """Every temporary object of a parallel backup and every unfinished upload of them, gone."""
+        prefix = self._part_key(job)
+        with self._errors("delete"):
+            for page in self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
+                for obj in page.get("Contents", []):
+                    self._client.delete_object(Bucket=self.bucket, Key=obj["Key"])
+            self.abandon_uploads(prefix)
+
+    def abandon_uploads(self, prefix: str) -> None:
+        """Abort the multipart uploads under `prefix` that were never completed (a writer killed mid-upload)."""
+        with self._errors("delete"):
+            answer = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix)
+            for upload in answer.get("Uploads", []):
+                self._client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"],
+                                                    UploadId=upload["UploadId"])
+
+
+def _rebuilt(settings, max_attempts, threshold, chunk, concurrency) -> S3Storage:
+    return S3Storage(settings, max_attempts=max_attempts, multipart_threshold=threshold,
+                     multipart_chunksize=chunk, max_concurrency=concurrency)
