@@ -17,6 +17,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -72,16 +73,32 @@ def redis_db() -> int:
     token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     for n in range(15, 0, -1):
         r = _redis(n)
-        if r.dbsize() == 0 and r.set(CLAIM_KEY, token, nx=True, ex=3600):
-            if r.dbsize() == 1:
-                break
-            r.delete(CLAIM_KEY)
+        # A database nobody claims now is free, whatever a killed session left in it (results live 7 days):
+        # the claim lives CLAIM_TTL_S and is renewed while this session runs, so a killed one's lapses soon.
+        if r.set(CLAIM_KEY, token, nx=True, ex=CLAIM_TTL_S):
+            flush_except_claim(r)
+            break
     else:
-        pytest.fail("no empty Redis database (1-15) to claim for the Celery tests")
+        pytest.fail("no unclaimed Redis database (1-15) for the Celery tests")
     _claimed["n"] = n
+    renewal = threading.Event()
+    threading.Thread(target=_renew_claim, args=(r, token, renewal), daemon=True).start()
     yield n
+    renewal.set()
     if r.get(CLAIM_KEY) == token.encode():
         r.flushdb()
+
+
+CLAIM_TTL_S = 120
+
+
+def _renew_claim(r: redis.Redis, token: str, stop: threading.Event) -> None:
+    while not stop.wait(CLAIM_TTL_S / 4):
+        try:
+            if r.get(CLAIM_KEY) == token.encode():
+                r.expire(CLAIM_KEY, CLAIM_TTL_S)
+        except redis.RedisError:
+            pass
 
 
 @dataclass
