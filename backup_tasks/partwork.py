@@ -13,6 +13,7 @@ Expiry is decided on Redis' own clock (TIME), so workers with skewed clocks agre
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import socket
@@ -32,6 +33,8 @@ from .errors import BackupError, QueueError
 from .queue_state import PREFIX, call
 from .settings import get_settings
 from .storage.factory import s3_storage
+
+logger = logging.getLogger(__name__)
 
 BOARD_TTL_S = 2 * 24 * 3600  # a board outlives any backup, then goes
 # The board's state lives only while its coordinator renews it: when the coordinator dies (and its snapshot with
@@ -336,6 +339,16 @@ class BoardRunner:
             self.board.close("abandoned")
             self.store.remove_all(self.board.job)
             raise
+        self._sweep_after_success()
+
+    def _sweep_after_success(self) -> None:
+        """Every delivered part was removed as it was assembled; what is left is the output of a writer that died
+        mid-part (SIGKILL, OOM: nobody else knows its name). The backup is complete, so failing to sweep is only
+        logged; the destination's stale-part sweep gets it later."""
+        try:
+            self.store.remove_all(self.board.job)
+        except Exception as exc:  # noqa: BLE001 - the backup is written; this is housekeeping
+            logger.warning("could not remove leftover parts of backup job %s: %s", self.board.job, exc)
 
     def _until_done(self, count: int, shared: dict, on_done, keepalive, progress) -> None:
         delivered: set[int] = set()

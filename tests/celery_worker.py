@@ -137,6 +137,16 @@ def celery_env(redis_db, make_db, tmp_path, monkeypatch) -> CeleryEnv:
     reset_settings_cache()
 
 
+def _die_with_parent() -> None:
+    """In the worker's child before exec: SIGKILL it when the test session dies, however it dies. A worker
+    orphaned by a killed session would otherwise keep consuming from a Redis database that a later session
+    claims (found: one left from a session killed two hours earlier)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Worker:
     """`./worker` in its own process group (so SIGKILL reaches the pool processes too)."""
 
@@ -149,7 +159,7 @@ class Worker:
         env = {**env, "WORKER_CONCURRENCY": str(concurrency)}
         self._log_file = open(log, "wb")
         self.proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")

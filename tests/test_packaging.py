@@ -328,7 +328,8 @@ def test_worker_entry_point_answers_a_ping_and_runs_the_scheduled_backup(install
         inspect = client.control.inspect(destination=[node], timeout=10)
         stats = inspect.stats()[node]
         assert stats["pool"]["max-concurrency"] == 1  # WORKER_CONCURRENCY
-        assert [q["name"] for q in inspect.active_queues()[node]] == [queue]  # -Q passed through
+        # -Q passed through; and the node's own queue (worker_direct), where a parallel backup's helpers go.
+        assert sorted(q["name"] for q in inspect.active_queues()[node]) == sorted([queue, f"{node}.dq2"])
         assert re.search(r"task events: ON", worker.output()), "the worker runs without -E"
 
         # Beat's job as Beat sends it, minus the slot: the worker computes it with the installed beat_schedule.

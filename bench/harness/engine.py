@@ -105,7 +105,7 @@ class Engine:
 
         top = helptext()
         self.features = {
-            "jobs": bool(re.search(r"^\s+--jobs\b", helptext("create"), re.MULTILINE)),
+            "jobs": bool(re.search(r"^\s+(?:-\w, )?--jobs\b", helptext("create"), re.MULTILINE)),
             "keygen": bool(re.search(r"^\s+keygen\b", top, re.MULTILINE)),
         }
         if self.features["keygen"]:
