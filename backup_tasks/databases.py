@@ -198,7 +198,7 @@ def _updates(table: dict[str, Any], where: str) -> dict[str, Any]:
             continue
         fname = setting_name(key)
         info = Settings.model_fields.get(fname)
-        if info is None or fname in DEPLOYMENT_WIDE or fname in ("BACKUP_NOTIFY_WEBHOOK_URL",):
+        if info is None or fname in DEPLOYMENT_WIDE:
             raise ConfigError(f"{where}: {key!r} is not a per-database setting",
                               hint=f"Per-database keys: {', '.join(overridable())}.")
         if _is_secret(info.annotation):

@@ -67,6 +67,9 @@ IN_TASK_ATTEMPTS = 3  # upload/cleanup after a backup: retried in the task, so t
 FILE_JOBS = {"diff", "restore", "verify", "upload"}  # jobs that read a backup given as `file`
 # A mistyped name or a missing file was already told to the person who typed it: no message to a channel.
 QUIET_FAILURES = {"UsageError", "NotFoundError", "AbortedError"}
+# A parallel backup's helpers fail with their coordinator (reported once, as its job); the databases listing is
+# a question, not a job on a database.
+UNREPORTED = {"backup_parts", "databases"}
 SUCCESS_NOTICES = {"create", "scheduled_backup", "restore", "restore_s3"}  # successes worth a message
 DATABASE, STORAGE = frozenset({Transient.DATABASE}), frozenset({Transient.STORAGE})
 _SLOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z$")
@@ -232,7 +235,7 @@ class JobTask(Task):
         """Recorded for the metrics; a backup or restore is told to BACKUP_NOTIFY_SUCCESS_URLS, if set."""
         name = selected_name(kwargs)
         result = retval if isinstance(retval, dict) else {}
-        if name is None or result.get("fanned_out") or result.get("skipped"):
+        if name is None or self.job in UNREPORTED or result.get("fanned_out") or result.get("skipped"):
             return  # a server's fan-out reports nothing itself (each database does); a skipped slot did nothing
         _best_effort(outcomes.record_success, name, self.job, result)
         if self.job in SUCCESS_NOTICES and notify.notification_urls(True):
@@ -250,6 +253,8 @@ class JobTask(Task):
         file = payload.get("file") or kwargs.get("file") or kwargs.get("name")
         logger.error("job %s failed (task %s, database %s): %s", self.job, task_id, database, message)
         notify.notify_failure(job=self.job, database=database, error=message, file=file, task_id=task_id)
+        if self.job in UNREPORTED:
+            return
         name = selected_name(kwargs)
         if name is not None:
             _best_effort(outcomes.record_failure, name, self.job, message)
@@ -412,6 +417,12 @@ class _PartTicks:
         self.rows += rows
         self.bytes += size
         self.progress(Progress("backup part", None, self.rows, None, self.bytes))
+
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.databases")
+def databases_job(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    """The deployment's databases as this worker sees them (its file, its environment, its BACKUP_DIR)."""
+    return self.perform(kwargs)
 
 
 # --- what the client asks before enqueuing ---------------------------------------------------------------

@@ -82,8 +82,8 @@ class BackupCollector(Collector):
         drill_ok = _gauge("last_drill_success", "1 when the newest drill report says the restore drill passed")
         drill_at = _gauge("last_drill_timestamp_seconds", "When the newest restore drill ended")
         for db in found:
-            for storage in sources.storages(db):
-                facts = self.cache.get((db.name, storage.kind), lambda s=storage: sources.location_facts(s))
+            for kind, build in sources.locations(db):
+                facts = self.cache.get((db.name, kind), lambda b=build: sources.location_facts(b()))
                 labels = [db.name, facts.location]
                 error.add_metric(labels, 1 if facts.error else 0)
                 if facts.error:

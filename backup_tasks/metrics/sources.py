@@ -58,10 +58,11 @@ class TTLCache:
             return value
 
 
-def storages(db: Database) -> list[Storage]:
-    out: list[Storage] = [local_storage(db.config)]
+def locations(db: Database) -> list[tuple[str, Callable[[], Storage]]]:
+    """(kind, how to build it): an S3 client costs ~0.3 s to build, so it is built only when a listing is due."""
+    out: list[tuple[str, Callable[[], Storage]]] = [("local", lambda: local_storage(db.config))]
     if db.config.s3_enabled:
-        out.append(s3_storage(db.config))
+        out.append(("s3", lambda: s3_storage(db.config)))
     return out
 
 
