@@ -89,7 +89,7 @@ def test_backup_db_selects_and_a_missing_url_variable_fails_only_that_database(e
     assert db.name == "billing" and db.url_error == "BILLING_DATABASE_URL is not set"
     assert db.config.BACKUP_CRON == "30 3 * * 1"  # what Beat and listings need is there without the URL
     with pytest.raises(ConfigError, match="database billing: BILLING_DATABASE_URL is not set"):
-        db.settings
+        _ = db.settings
     assert databases.select("orders").url == "postgresql://db1/orders_db"
 
 

@@ -22,8 +22,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from backup_tasks.cli.dispatch import follow, outcome
-from tests.celery_worker import *  # noqa: F401,F403
-from tests.celery_worker import VENV_BIN, CeleryEnv, Worker, backupctl, free_port, wait_for
+from tests.celery_worker import *  # noqa: F403
+from tests.celery_worker import (
+    VENV_BIN,
+    CeleryEnv,
+    Worker,
+    backupctl,
+    free_port,
+    wait_for,
+)
 from tests.conftest import query, run_sql
 
 pytest_plugins = ["tests.s3_server"]
@@ -325,14 +332,22 @@ def test_a_failing_database_leaves_the_others_scheduled_backups_succeeding(fleet
         metrics.stop()
 
 
+def _redis_value(r, key: bytes):
+    kind = r.type(key).decode()
+    if kind == "string":
+        return r.get(key)
+    if kind == "hash":
+        return r.hgetall(key)
+    if kind == "list":
+        return r.lrange(key, 0, -1)
+    return r.smembers(key) if kind == "set" else r.zrange(key, 0, -1) if kind == "zset" else b""
+
+
 def _scan_for_secrets(fleet: Fleet, texts: list[str]) -> None:
     """No password of either form in the notifications, the metrics, the worker's log or anything in Redis."""
     r = fleet.celery.redis()
     for key in r.scan_iter(count=500):
-        kind = r.type(key).decode()
-        data = {"string": lambda: r.get(key), "hash": lambda: r.hgetall(key), "list": lambda: r.lrange(key, 0, -1),
-                "set": lambda: r.smembers(key), "zset": lambda: r.zrange(key, 0, -1)}.get(kind, lambda: b"")()
-        texts.append(f"{key!r} {data!r}")
+        texts.append(f"{key!r} {_redis_value(r, key)!r}")
     texts.append(fleet.worker.output())
     for text in texts:
         for secret in SECRETS:
