@@ -654,7 +654,8 @@ def test_celery_app_module_exists_and_holds_a_celery_app() -> None:
     assert found, f"{module} defines no Celery app, so `celery -A {module}` would fail"
 
 
-@pytest.mark.parametrize("script", ["backupctl", "backup-tasks-worker", "backup-tasks-beat", "backup-tasks-flower"])
+@pytest.mark.parametrize("script", ["backupctl", "backup-tasks-worker", "backup-tasks-beat", "backup-tasks-flower",
+                                    "backup-tasks-metrics"])
 def test_console_scripts_exist(script: str) -> None:
     scripts = load_pyproject()["project"].get("scripts", {})
     assert script in scripts, f"pyproject.toml [project.scripts] must declare {script}"
