@@ -27,13 +27,12 @@ jitter (capped at 5 min), far below the visibility timeout.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import PurePath
-from typing import Any, Callable
+from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -41,21 +40,20 @@ from celery.utils.log import get_task_logger
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.control import inspect_command
 
-from . import databases, dsn, notify, outcomes, queue_state
+from . import databases, dsn, notify, outcomes, queue_state, scheduled
 from .celery_app import (
     MAX_RETRIES,
     RETRY_BACKOFF_MAX_S,
     RETRY_BACKOFF_S,
     TARGET_COMMAND,
     app,
-    load_beat_schedule_module,
 )
-from .errors import BackupError, Transient, UsageError
-from .jobs import run_job
-from .jobs.results import ScheduledBackupResult, WorkerTarget
-from .names import validate_name
 from .core.destination import LocalPartStore
 from .core.parallel import PartStore
+from .errors import BackupError, Transient, UsageError
+from .jobs import run_job
+from .jobs.results import WorkerTarget
+from .names import validate_name
 from .partwork import BoardRunner, PartBoard, help_with
 from .progress import Progress, ProgressFn, Throttle
 from .settings import get_settings
@@ -72,7 +70,6 @@ QUIET_FAILURES = {"UsageError", "NotFoundError", "AbortedError"}
 UNREPORTED = {"backup_parts", "databases"}
 SUCCESS_NOTICES = {"create", "scheduled_backup", "restore", "restore_s3"}  # successes worth a message
 DATABASE, STORAGE = frozenset({Transient.DATABASE}), frozenset({Transient.STORAGE})
-_SLOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z$")
 
 
 class JobFailed(Exception):
@@ -186,7 +183,7 @@ class JobTask(Task):
                 f"{self.job} ran longer than CELERY_TASK_SOFT_TIME_LIMIT={limit}s and was stopped",
                 hint="A stopped backup leaves no file and a stopped restore changes nothing; raise the limit, retry.",
             ), info) from None
-        except Exception as exc:  # noqa: BLE001 - an unexpected failure is still reported as JSON
+        except Exception as exc:
             logger.exception("job %s failed unexpectedly", self.job)
             raise self.failed(BackupError(f"{self.job} failed unexpectedly: {type(exc).__name__}: {exc}",
                                           hint="See the worker's log for the traceback."), info) from None
@@ -436,65 +433,12 @@ def backup_tasks_target(state: Any, **kwargs: Any) -> dict[str, Any]:
 
 # --- the scheduled backup ---------------------------------------------------------------------------------
 
-def _slot(cron: str | None, tz: str | None, slot: str | None, db: databases.Database) -> str:
-    if slot is not None:
-        if not isinstance(slot, str) or not _SLOT_RE.match(slot):
-            raise UsageError(f"invalid schedule slot {slot!r}", hint="A slot looks like 2025-11-01T02:00Z.")
-        return slot
-    schedule = load_beat_schedule_module()
-    due = schedule.previous_due(cron or db.config.BACKUP_CRON, datetime.now(timezone.utc),
-                                tz or db.config.BACKUP_TIMEZONE)
-    return schedule.slot_id(due)
-
-
-def _scheduled(task: JobTask, info: dict[str, Any], progress: ProgressFn, database: str | None, cron: str | None,
-               tz: str | None, slot: str | None) -> dict[str, Any]:
-    """One database's scheduled backup; for a server's name (discover = true), one scheduled backup per database
-    found on it, each a task of its own (its own slot, lock and outcome: one failing stops none of the others)."""
-    if database is not None and database in databases.deployment().servers:
-        return _fan_out(database, cron, tz, slot)
-    db = databases.select(database)
-    slot = _slot(cron, tz, slot, db)
-    settings, task_id = db.settings, task.request.id
-    url, args = settings.database_url, {"database": database}
-    report = {"slot": slot, "database": database_name(None, database), "db": db.name}
-    status, detail = queue_state.claim_slot(url, slot, task_id)
-    if status == "taken":
-        logger.warning("scheduled backup of %s for slot %s skipped: task %s already has it", db.name, slot, detail)
-        return ScheduledBackupResult(**report, skipped=True,
-                                     reason=f"slot {slot} was already taken by task {detail}").model_dump(mode="json")
-    if status == "created":  # this task made the backup, then its worker died: finish the rest
-        created: dict[str, Any] = {"name": detail, "resumed": True}
-    else:
-        created = run_job("create", {**args, "runner_factory": task.part_runner}, progress, task_id=task_id)
-        queue_state.slot_created(url, slot, task_id, created["name"])
-    info["file"] = created["name"]
-    uploaded = None
-    if settings.s3_enabled:
-        uploaded = retried_in_task(
-            lambda: run_job("upload", {**args, "file": created["name"]}, progress, task_id=task_id), "upload")
-    cleaned = retried_in_task(lambda: run_job("cleanup", {**args, "target": "all"}, progress, task_id=task_id),
-                              "cleanup")
-    return ScheduledBackupResult(**report, skipped=False, create=created, upload=uploaded,
-                                 cleanup=cleaned).model_dump(mode="json")
-
-
-def _fan_out(server: str, cron: str | None, tz: str | None, slot: str | None) -> dict[str, Any]:
-    dep = databases.deployment()
-    found = databases.discovered(dep, dep.servers[server])
-    for db in found:  # the same slot for all (Beat's); without one, each computes it from the same cron
-        scheduled_backup.apply_async(kwargs={"database": db.name, "cron": cron, "timezone": tz, "slot": slot})
-    logger.info("scheduled backup of server %s (slot %s): %d databases: %s", server, slot, len(found),
-                ", ".join(db.name for db in found))
-    return ScheduledBackupResult(slot=slot or "", db=server, skipped=False,
-                                 fanned_out=[db.name for db in found]).model_dump(mode="json")
-
-
 @app.task(base=JobTask, bind=True, name="backup_tasks.scheduled_backup", retry_on=DATABASE)
 def scheduled_backup(self: JobTask, cron: str | None = None, timezone: str | None = None,
                      slot: str | None = None, database: str | None = None) -> dict[str, Any]:
     """Beat's job: create -> upload (when S3 is configured) -> cleanup, at most once per schedule slot, for one
     database (by its name in the deployment; None: the only one)."""
     kwargs = {"database": database} if database is not None else {}
-    return self.perform(kwargs, lambda info, progress: _scheduled(self, info, progress, database, cron, timezone,
-                                                                  slot))
+    run = scheduled.ScheduledRun(self.request.id, retried_in_task, self.part_runner,
+                                 send=lambda kw: scheduled_backup.apply_async(kwargs=kw))
+    return self.perform(kwargs, lambda info, progress: run.run(info, progress, database, cron, timezone, slot))

@@ -277,7 +277,8 @@ def value(samples: dict, name: str, **labels: str) -> float | None:
 
 
 def run_scheduled(app, database: str, slot: str) -> dict:
-    task_id = app.signature("backup_tasks.scheduled_backup", kwargs={"database": database, "slot": slot}).apply_async().id
+    kwargs = {"database": database, "slot": slot}
+    task_id = app.signature("backup_tasks.scheduled_backup", kwargs=kwargs).apply_async().id
     meta = follow(app, task_id, timeout_s=120)
     if meta["status"] == "SUCCESS":
         return outcome(meta, task_id)
@@ -431,3 +432,26 @@ def test_notification_latency_to_a_local_receiver(monkeypatch):
         assert not notify.send(notice, "json://127.0.0.1:9/unreachable", timeout=3)  # refused: logged, not raised
     finally:
         receiver.close()
+
+
+def test_a_discovering_servers_entry_sends_one_scheduled_backup_per_database(celery_env, make_db, client_app,
+                                                                            tmp_path):
+    """Beat's one entry for a `discover = true` server: its task finds the databases (here: the two this test
+    made, by `include`) and sends each its own scheduled backup, into its own directory."""
+    (a, a_url), (b, b_url) = make_db(), make_db()
+    _seed(a_url, 10)
+    _seed(b_url, 20)
+    server = a_url.rsplit("/", 1)[0] + "/postgres"
+    path = tmp_path / "backup_tasks.toml"
+    path.write_text(f'[databases.srv]\nurl_env = "SERVER_URL"\ndiscover = true\ninclude = ["{a}", "{b}"]\n')
+    env = {**celery_env.env, "BACKUP_DATABASES_FILE": str(path), "SERVER_URL": server}
+    worker = Worker(env, tmp_path / "worker.log").wait_ready()
+    try:
+        task_id = client_app.signature("backup_tasks.scheduled_backup",
+                                       kwargs={"database": "srv", "slot": "2025-11-05T02:00Z"}).apply_async().id
+        sent = outcome(follow(client_app, task_id, timeout_s=60), task_id)
+        assert sorted(sent["fanned_out"]) == sorted([a, b]) and sent["db"] == "srv"
+        for name in (a, b):
+            wait_for(lambda n=name: list((celery_env.backup_dir / n).glob("*.backup.gz")), 60, what=f"{name}'s backup")
+    finally:
+        worker.stop()
