@@ -452,6 +452,7 @@ def test_a_discovering_servers_entry_sends_one_scheduled_backup_per_database(cel
         sent = outcome(follow(client_app, task_id, timeout_s=60), task_id)
         assert sorted(sent["fanned_out"]) == sorted([a, b]) and sent["db"] == "srv"
         for name in (a, b):
-            wait_for(lambda n=name: list((celery_env.backup_dir / n).glob("*.backup.gz")), 60, what=f"{name}'s backup")
+            wait_for(lambda n=name: list((celery_env.backup_dir / n).glob("*.backup.gz")), 60,
+                     what=f"{name}'s backup")
     finally:
         worker.stop()
