@@ -10,18 +10,19 @@ STAMP := $(VENV)/.installed-stamp
 # by `make lock` (uv pip compile; UPGRADE=1 moves every pin to the newest release the ranges allow).
 LOCK := requirements.lock
 UV_VERSION := 0.13.8
-# LOCAL=1 runs the job in this process instead of on a Celery worker; YES=1 skips restore confirmation.
-CTL_FLAGS := $(if $(filter 1 yes true,$(LOCAL)),--local,)
+# LOCAL=1 runs the job in this process instead of on a Celery worker; YES=1 skips restore confirmation;
+# DB=NAME picks a database of BACKUP_DATABASES_FILE (backupctl --db NAME).
+CTL_FLAGS := $(if $(filter 1 yes true,$(LOCAL)),--local,) $(if $(DB),--db $(DB),)
 YES_FLAG := $(if $(filter 1 yes true,$(YES)),--yes,)
 
 define need_file
 @if [ -z "$(FILE)" ]; then echo "usage: make $@ FILE=backup_YYYYMMDD_HHMMSS.backup.gz (a name in BACKUP_DIR or a path)" >&2; exit 2; fi
 endef
 
-.PHONY: help install lock services test test-adversarial bench lint demo worker beat flower up down clean
+.PHONY: help install lock services test test-adversarial bench lint demo worker beat flower metrics databases up down clean
 
 help:
-	@echo "make demo | test | bench | lint | install | lock [UPGRADE=1] | worker | beat | flower | up | down"
+	@echo "make demo | test | bench | lint | install | lock [UPGRADE=1] | worker | beat | flower | metrics | databases | up | down"
 	@echo "make db:backup:oneshot | db:backup:list | db:backup:diff FILE=… | db:backup:restore FILE=… | db:backup:restore:dry-run FILE=…"
 	@echo "make db:backup:upload FILE=… | db:backup:download FILE=… | db:backup:list:remote | db:backup:restore:s3 FILE=… | db:backup:restore:s3:dry-run FILE=…"
 
@@ -70,6 +71,13 @@ beat: install
 
 flower: install
 	$(VENV)/bin/backup-tasks-flower $(ARGS)
+
+# The Prometheus endpoint (not a Celery process): http://127.0.0.1:9648/metrics unless BACKUP_METRICS_* say otherwise.
+metrics: install
+	$(VENV)/bin/backup-tasks-metrics $(ARGS)
+
+databases: install
+	$(BACKUPCTL) databases $(if $(filter 1 yes true,$(LOCAL)),--local,)
 
 up:
 	docker compose up -d --build

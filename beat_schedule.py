@@ -115,22 +115,77 @@ def current_slot(cron: str, tz: str) -> str:
 
 
 def build_beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
-    """`beat_schedule` for Celery: one entry, the scheduled backup (create -> upload -> cleanup).
+    """`beat_schedule` for Celery: the scheduled backup (create -> upload -> cleanup) of every database.
 
-    Raises ConfigError for an invalid BACKUP_CRON or BACKUP_TIMEZONE, so Beat refuses to start.
+    Without BACKUP_DATABASES_FILE one entry, `scheduled-backup`, as always. With it one entry per database,
+    `scheduled-backup:NAME`, on its own cron and time zone, sending its name (never a URL: Beat needs none); a
+    `discover = true` server gets one entry whose task sends one scheduled backup per database found on it.
+    Raises ConfigError for an invalid cron or time zone (naming the database), so Beat refuses to start.
     """
-    cron = normalize_cron(settings.BACKUP_CRON)
+    if not getattr(settings, "BACKUP_DATABASES_FILE", None):
+        return {ENTRY_NAME: _entry(settings.BACKUP_CRON, settings.BACKUP_TIMEZONE, None, zoned=False)}
+    from backup_tasks import databases
+
+    dep = databases.deployment(settings)
+    entries = {}
+    configs = [(db.name, db.config) for db in dep.databases.values()]
+    configs += [(name, databases.effective(settings, name, server.table, name, url=None))
+                for name, server in dep.servers.items()]
+    for name, config in configs:
+        try:
+            entries[f"{ENTRY_NAME}:{name}"] = _entry(config.BACKUP_CRON, config.BACKUP_TIMEZONE, name, zoned=True)
+        except ConfigError as exc:
+            raise ConfigError(f"database {name} in {dep.file}: {exc.message}", hint=exc.hint) from None
+    return entries
+
+
+def _entry(cron_text: str, tz_text: str, database: str | None, *, zoned: bool) -> dict[str, Any]:
+    cron = normalize_cron(cron_text)
     schedule = parse_cron(cron)
-    tz_name = str(settings.BACKUP_TIMEZONE).strip() or "UTC"
+    tz_name = str(tz_text).strip() or "UTC"
     parse_timezone(tz_name)
-    return {
-        ENTRY_NAME: {
-            "task": SCHEDULED_TASK,
-            # Celery evaluates crontabs in the app's timezone, which celery_app sets from BACKUP_TIMEZONE.
-            "schedule": schedule,
-            # The worker claims `slot` once in Redis (SET NX): a second Beat sending the same slot, or a
-            # redelivered message, makes no second backup. cron/timezone let it recompute the slot if absent.
-            "kwargs": {"cron": cron, "timezone": tz_name, "slot": BeatLazyFunc(current_slot, cron, tz_name)},
-            "options": {},
-        }
-    }
+    if zoned:  # each database in its own time zone, whatever the app's (BACKUP_TIMEZONE) is
+        schedule = ZonedCrontab.of(schedule, cron, tz_name)
+    # The worker claims `slot` once in Redis (SET NX): a second Beat sending the same slot, or a
+    # redelivered message, makes no second backup. cron/timezone let it recompute the slot if absent.
+    kwargs: dict[str, Any] = {"cron": cron, "timezone": tz_name, "slot": BeatLazyFunc(current_slot, cron, tz_name)}
+    if database is not None:
+        kwargs["database"] = database
+    # Without ZonedCrontab, Celery evaluates crontabs in the app's timezone, which celery_app sets from
+    # BACKUP_TIMEZONE.
+    return {"task": SCHEDULED_TASK, "schedule": schedule, "kwargs": kwargs, "options": {}}
+
+
+class ZonedCrontab(crontab):
+    """A crontab evaluated in its own time zone instead of the app's (one per database)."""
+
+    def __init__(self, *args: Any, zone: str = "UTC", **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.zone = zone
+
+    @classmethod
+    def of(cls, schedule: crontab, cron: str, zone: str) -> ZonedCrontab:
+        minute, hour, day_of_month, month, day_of_week = cron.split(" ")
+        return cls(minute=minute, hour=hour, day_of_month=day_of_month, month_of_year=month,
+                   day_of_week=day_of_week, zone=zone)
+
+    @property
+    def tz(self) -> ZoneInfo:  # type: ignore[override]
+        return parse_timezone(self.zone)
+
+    def __reduce__(self) -> tuple:  # Beat's shelve pickles its entries: keep the zone
+        cls, args, kwargs = super().__reduce__()
+        return cls, args, {**kwargs, "zone": self.zone}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        self.zone = state.pop("zone", "UTC")
+        super().__setstate__(state)
+
+    def __eq__(self, other: Any) -> bool:
+        return super().__eq__(other) and getattr(other, "zone", None) == self.zone
+
+    __hash__ = crontab.__hash__
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()} ({self.zone})"

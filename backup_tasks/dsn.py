@@ -141,6 +141,20 @@ def with_params(text: str, params: dict[str, str]) -> str:
     return f"{text} {words}" if text else words
 
 
+def with_database(text: str, name: str) -> str:
+    """`text` naming database `name` instead, in its own form, every other parameter as written (a discovered
+    database is reached with its server's URL)."""
+    text = text.strip()
+    if not is_uri(text):
+        return f"{text} dbname='{_escape_keyword(name)}'"  # libpq keeps the last value of a repeated keyword
+    scheme, rest = text.split("://", 1)
+    rest, mark, query = rest.partition("?")
+    netloc = rest.split("/", 1)[0]
+    pairs = [p for p in query.split("&") if p and unquote(p.partition("=")[0]) != "dbname"]
+    tail = f"?{'&'.join(pairs)}" if pairs else ""
+    return f"{scheme}://{netloc}/{quote(name, safe='')}{tail}"
+
+
 def _escape_keyword(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 

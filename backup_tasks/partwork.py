@@ -213,14 +213,19 @@ def describe_store(store: PartStore) -> dict[str, str]:
     if isinstance(store, LocalPartStore):
         return {"kind": "local", "directory": str(store.directory)}
     if isinstance(store, S3PartStore):
-        return {"kind": "s3"}
+        # The bucket and prefix too: the coordinator's are its database's (databases.py), not the settings'.
+        return {"kind": "s3", "bucket": store.storage.bucket, "prefix": store.storage.prefix}
     raise ValueError(f"unknown part store {store!r}")
 
 
 def store_from(description: dict[str, str]) -> PartStore:
     if description["kind"] == "local":
         return LocalPartStore(Path(description["directory"]))
-    return S3PartStore(s3_storage())
+    settings = get_settings()
+    if description.get("bucket"):  # credentials and endpoint stay the helper's own
+        settings = settings.model_copy(update={"S3_BUCKET_NAME": description["bucket"],
+                                               "S3_PREFIX": description["prefix"]})
+    return S3PartStore(s3_storage(settings))
 
 
 def write_claimed(board: PartBoard, index: int, spec: dict, owner: str, shared: dict, store: PartStore,

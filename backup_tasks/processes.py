@@ -1,4 +1,5 @@
-"""The console entry points of a deployment: `backup-tasks-worker`, `backup-tasks-beat`, `backup-tasks-flower`.
+"""The console entry points of a deployment: `backup-tasks-worker`, `backup-tasks-beat`, `backup-tasks-flower`,
+and `backup-tasks-metrics` (the Prometheus endpoint, the one that is not a Celery process).
 
 Each one is Celery's own `celery` command with this app and our defaults put in front of the user's arguments,
 so every Celery option works unchanged and a repeated option wins over the default (Click keeps the last
@@ -70,3 +71,10 @@ def beat() -> None:
 
 def flower() -> None:
     run("flower")
+
+
+def metrics() -> None:
+    """`backup-tasks-metrics [--address A] [--port N]`: not a Celery process (backup_tasks/metrics)."""
+    from .metrics import serve
+
+    raise SystemExit(serve(sys.argv[1:]))

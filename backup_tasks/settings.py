@@ -18,6 +18,9 @@ class Settings(BaseSettings):
 
     # Database
     DATABASE_URL: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
+    # Several databases from one deployment (databases.py reads the file): unset, DATABASE_URL is the only one.
+    BACKUP_DATABASES_FILE: Path | None = None
+    BACKUP_DB: str | None = Field(None, description="the database a command acts on (backupctl --db)")
     BACKUP_LOCK_TIMEOUT_S: float = Field(60.0, description="how long backup/restore wait for table locks")
 
     # Backups on this host
@@ -52,6 +55,16 @@ class Settings(BaseSettings):
     BACKUP_KEEP_WEEKLY: int = Field(0, ge=0)
     BACKUP_KEEP_MONTHLY: int = Field(0, ge=0)
     BACKUP_NOTIFY_WEBHOOK_URL: SecretStr | None = None
+    # apprise URLs (several: separated by spaces or commas); secrets, since most of them carry a token.
+    BACKUP_NOTIFY_URLS: SecretStr | None = None
+    BACKUP_NOTIFY_SUCCESS_URLS: SecretStr | None = None
+
+    # Metrics for Prometheus (backup-tasks-metrics)
+    BACKUP_METRICS_ADDRESS: str = "127.0.0.1"
+    BACKUP_METRICS_PORT: int = Field(9648, ge=1, le=65535)
+    BACKUP_METRICS_CACHE_S: float = Field(
+        60.0, ge=0, description="how long a storage listing is reused between scrapes"
+    )
 
     # S3 (or any S3-compatible store). Credentials come from boto3's own chain, never from here.
     S3_BUCKET_NAME: str | None = None

@@ -27,13 +27,12 @@ jitter (capped at 5 min), far below the visibility timeout.
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import threading
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import PurePath
-from typing import Any, Callable
+from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
@@ -41,15 +40,20 @@ from celery.utils.log import get_task_logger
 from celery.utils.time import get_exponential_backoff_interval
 from celery.worker.control import inspect_command
 
-from . import dsn, notify, queue_state
-from .celery_app import (MAX_RETRIES, RETRY_BACKOFF_MAX_S, RETRY_BACKOFF_S, TARGET_COMMAND, app,
-                         load_beat_schedule_module)
-from .errors import BackupError, Transient, UsageError
-from .jobs import run_job
-from .jobs.results import ScheduledBackupResult, WorkerTarget
-from .names import validate_name
+from . import databases, dsn, notify, outcomes, queue_state, scheduled
+from .celery_app import (
+    MAX_RETRIES,
+    RETRY_BACKOFF_MAX_S,
+    RETRY_BACKOFF_S,
+    TARGET_COMMAND,
+    app,
+)
 from .core.destination import LocalPartStore
 from .core.parallel import PartStore
+from .errors import BackupError, Transient, UsageError
+from .jobs import run_job
+from .jobs.results import WorkerTarget
+from .names import validate_name
 from .partwork import BoardRunner, PartBoard, help_with
 from .progress import Progress, ProgressFn, Throttle
 from .settings import get_settings
@@ -59,8 +63,13 @@ logger = get_task_logger(__name__)
 MAX_DELIVERIES = 3  # a late-acked job whose worker died this many times is not run again (celery#9082)
 IN_TASK_ATTEMPTS = 3  # upload/cleanup after a backup: retried in the task, so the backup is not made twice
 FILE_JOBS = {"diff", "restore", "verify", "upload"}  # jobs that read a backup given as `file`
+# A mistyped name or a missing file was already told to the person who typed it: no message to a channel.
+QUIET_FAILURES = {"UsageError", "NotFoundError", "AbortedError"}
+# A parallel backup's helpers fail with their coordinator (reported once, as its job); the databases listing is
+# a question, not a job on a database.
+UNREPORTED = {"backup_parts", "databases"}
+SUCCESS_NOTICES = {"create", "scheduled_backup", "restore", "restore_s3"}  # successes worth a message
 DATABASE, STORAGE = frozenset({Transient.DATABASE}), frozenset({Transient.STORAGE})
-_SLOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z$")
 
 
 class JobFailed(Exception):
@@ -159,6 +168,7 @@ class JobTask(Task):
 
         `info` holds what a failure report names besides the arguments (the backup file); a body may add to it.
         """
+        self.request.backup_tasks_started = time.monotonic()  # for the reports of on_success / on_failure
         info: dict[str, Any] = {"file": kwargs.get("file") or kwargs.get("name")}
         progress = TaskProgress(self, self.job)
         try:
@@ -173,7 +183,7 @@ class JobTask(Task):
                 f"{self.job} ran longer than CELERY_TASK_SOFT_TIME_LIMIT={limit}s and was stopped",
                 hint="A stopped backup leaves no file and a stopped restore changes nothing; raise the limit, retry.",
             ), info) from None
-        except Exception as exc:  # noqa: BLE001 - an unexpected failure is still reported as JSON
+        except Exception as exc:
             logger.exception("job %s failed unexpectedly", self.job)
             raise self.failed(BackupError(f"{self.job} failed unexpectedly: {type(exc).__name__}: {exc}",
                                           hint="See the worker's log for the traceback."), info) from None
@@ -187,8 +197,9 @@ class JobTask(Task):
             kwargs["runner_factory"] = self.part_runner
         result = run_job(self.job, kwargs, progress, task_id=self.request.id)
         if upload:  # after the backup and its lock; retried here, not by a new message that would back up again
-            result["upload"] = retried_in_task(
-                lambda: run_job("upload", {"file": result["name"]}, progress, task_id=self.request.id), "upload")
+            args = {"file": result["name"], "database": kwargs.get("database")}
+            result["upload"] = retried_in_task(lambda: run_job("upload", args, progress, task_id=self.request.id),
+                                               "upload")
         return result
 
     def part_runner(self, jobs: int, store: PartStore) -> BoardRunner:
@@ -217,14 +228,40 @@ class JobTask(Task):
         logger.warning("job %s hit a transient error (%s); retry %d of %d", self.job, _message(exc),
                        (self.request.retries or 0) + 1, self.max_retries)
 
+    def on_success(self, retval: Any, task_id: str, args: tuple, kwargs: dict) -> None:
+        """Recorded for the metrics; a backup or restore is told to BACKUP_NOTIFY_SUCCESS_URLS, if set."""
+        name = selected_name(kwargs)
+        result = retval if isinstance(retval, dict) else {}
+        if name is None or self.job in UNREPORTED or result.get("fanned_out") or result.get("skipped"):
+            return  # a server's fan-out reports nothing itself (each database does); a skipped slot did nothing
+        _best_effort(outcomes.record_success, name, self.job, result)
+        if self.job in SUCCESS_NOTICES and notify.notification_urls(True):
+            facts = outcomes.BackupFacts.of(self.job, result)
+            notify.send(notify.Notice(name, self.job, True, self._elapsed(result), facts and facts.bytes,
+                                      facts and facts.rows, (facts and facts.name) or result.get("file"),
+                                      target=target_description(kwargs)))
+
     def on_failure(self, exc: BaseException, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
-        """Every failure is logged at ERROR (with the database by name) and POSTed to the webhook, if any."""
+        """Every failure is logged at ERROR (with the database by name), recorded for the metrics, POSTed to the
+        webhook and sent to BACKUP_NOTIFY_URLS, if set."""
         payload = exc.payload if isinstance(exc, JobFailed) and isinstance(exc.payload, dict) else {}
-        database = database_name(kwargs.get("database_url"))
+        database = database_name(kwargs.get("database_url"), kwargs.get("database"))
         message = _message(exc)
+        file = payload.get("file") or kwargs.get("file") or kwargs.get("name")
         logger.error("job %s failed (task %s, database %s): %s", self.job, task_id, database, message)
-        notify.notify_failure(job=self.job, database=database, error=message,
-                              file=payload.get("file") or kwargs.get("file") or kwargs.get("name"), task_id=task_id)
+        notify.notify_failure(job=self.job, database=database, error=message, file=file, task_id=task_id)
+        if self.job in UNREPORTED:
+            return
+        name = selected_name(kwargs)
+        if name is not None:
+            _best_effort(outcomes.record_failure, name, self.job, message)
+        if payload.get("type") not in QUIET_FAILURES:
+            notify.send(notify.Notice(name or str(database), self.job, False, self._elapsed({}), file=file,
+                                      error=message, hint=payload.get("hint"), target=target_description(kwargs)))
+
+    def _elapsed(self, result: dict[str, Any]) -> float | None:
+        started = getattr(self.request, "backup_tasks_started", None)
+        return time.monotonic() - started if started is not None else result.get("duration_s")
 
 
 def _message(exc: BaseException) -> str:
@@ -234,12 +271,35 @@ def _message(exc: BaseException) -> str:
     return dsn.mask(f"{type(exc).__name__}: {exc}")
 
 
-def database_name(database_url: str | None) -> str | None:
+def database_name(database_url: str | None, database: str | None = None) -> str | None:
     """The target database's name for reports (never the URL)."""
     try:
-        return dsn.parse(database_url or get_settings().database_url).name or None
+        return dsn.parse(database_url or databases.select(database).url).name or None
     except Exception:  # noqa: BLE001 - only for messages
         return None
+
+
+def selected_name(kwargs: dict[str, Any]) -> str | None:
+    """The job's database by its name in this deployment (`default` without a databases file)."""
+    try:
+        return databases.select(kwargs.get("database")).name
+    except Exception:  # noqa: BLE001 - only for reports: the job itself said what was wrong
+        return None
+
+
+def target_description(kwargs: dict[str, Any]) -> str | None:
+    try:
+        return dsn.describe(kwargs.get("database_url") or databases.select(kwargs.get("database")).url)
+    except Exception:  # noqa: BLE001 - only for messages
+        return None
+
+
+def _best_effort(fn: Callable[..., None], *args: Any) -> None:
+    """Recording an outcome must not turn a finished job into a failed one (Redis hiccup)."""
+    try:
+        fn(*args)
+    except Exception as exc:  # noqa: BLE001
+        logger.warning("could not record the job's outcome: %s", exc)
 
 
 def checked_kwargs(job: str, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -356,6 +416,12 @@ class _PartTicks:
         self.progress(Progress("backup part", None, self.rows, None, self.bytes))
 
 
+@app.task(base=JobTask, bind=True, name="backup_tasks.databases")
+def databases_job(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    """The deployment's databases as this worker sees them (its file, its environment, its BACKUP_DIR)."""
+    return self.perform(kwargs)
+
+
 # --- what the client asks before enqueuing ---------------------------------------------------------------
 
 @inspect_command(name=TARGET_COMMAND)
@@ -367,45 +433,12 @@ def backup_tasks_target(state: Any, **kwargs: Any) -> dict[str, Any]:
 
 # --- the scheduled backup ---------------------------------------------------------------------------------
 
-def _slot(cron: str | None, tz: str | None, slot: str | None) -> str:
-    if slot is not None:
-        if not isinstance(slot, str) or not _SLOT_RE.match(slot):
-            raise UsageError(f"invalid schedule slot {slot!r}", hint="A slot looks like 2025-11-01T02:00Z.")
-        return slot
-    settings = get_settings()
-    schedule = load_beat_schedule_module()
-    due = schedule.previous_due(cron or settings.BACKUP_CRON, datetime.now(timezone.utc),
-                                tz or settings.BACKUP_TIMEZONE)
-    return schedule.slot_id(due)
-
-
-def _scheduled(task: JobTask, info: dict[str, Any], progress: ProgressFn, cron: str | None, tz: str | None,
-               slot: str | None) -> dict[str, Any]:
-    settings = get_settings()
-    slot = _slot(cron, tz, slot)
-    url, task_id = settings.database_url, task.request.id
-    status, detail = queue_state.claim_slot(url, slot, task_id)
-    if status == "taken":
-        logger.warning("scheduled backup for slot %s skipped: task %s already has it", slot, detail)
-        return ScheduledBackupResult(slot=slot, database=database_name(None), skipped=True,
-                                     reason=f"slot {slot} was already taken by task {detail}").model_dump(mode="json")
-    if status == "created":  # this task made the backup, then its worker died: finish the rest
-        created: dict[str, Any] = {"name": detail, "resumed": True}
-    else:
-        created = run_job("create", {"runner_factory": task.part_runner}, progress, task_id=task_id)
-        queue_state.slot_created(url, slot, task_id, created["name"])
-    info["file"] = created["name"]
-    uploaded = None
-    if settings.s3_enabled:
-        uploaded = retried_in_task(lambda: run_job("upload", {"file": created["name"]}, progress, task_id=task_id),
-                                   "upload")
-    cleaned = retried_in_task(lambda: run_job("cleanup", {"target": "all"}, progress, task_id=task_id), "cleanup")
-    return ScheduledBackupResult(slot=slot, database=database_name(None), skipped=False, create=created,
-                                 upload=uploaded, cleanup=cleaned).model_dump(mode="json")
-
-
 @app.task(base=JobTask, bind=True, name="backup_tasks.scheduled_backup", retry_on=DATABASE)
 def scheduled_backup(self: JobTask, cron: str | None = None, timezone: str | None = None,
-                     slot: str | None = None) -> dict[str, Any]:
-    """Beat's job: create -> upload (when S3 is configured) -> cleanup, at most once per schedule slot."""
-    return self.perform({}, lambda info, progress: _scheduled(self, info, progress, cron, timezone, slot))
+                     slot: str | None = None, database: str | None = None) -> dict[str, Any]:
+    """Beat's job: create -> upload (when S3 is configured) -> cleanup, at most once per schedule slot, for one
+    database (by its name in the deployment; None: the only one)."""
+    kwargs = {"database": database} if database is not None else {}
+    run = scheduled.ScheduledRun(self.request.id, retried_in_task, self.part_runner,
+                                 send=lambda kw: scheduled_backup.apply_async(kwargs=kw))
+    return self.perform(kwargs, lambda info, progress: run.run(info, progress, database, cron, timezone, slot))

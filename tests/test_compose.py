@@ -286,6 +286,8 @@ def celery_command(argv: list[str]) -> list[str]:
         return argv
     from backup_tasks import processes
 
+    if func not in processes.DEFAULTS:  # backup-tasks-metrics: an entry point that is not a Celery process
+        return argv
     return processes.celery_argv(func, argv[1:])
 
 
@@ -652,7 +654,8 @@ def test_celery_app_module_exists_and_holds_a_celery_app() -> None:
     assert found, f"{module} defines no Celery app, so `celery -A {module}` would fail"
 
 
-@pytest.mark.parametrize("script", ["backupctl", "backup-tasks-worker", "backup-tasks-beat", "backup-tasks-flower"])
+@pytest.mark.parametrize("script", ["backupctl", "backup-tasks-worker", "backup-tasks-beat", "backup-tasks-flower",
+                                    "backup-tasks-metrics"])
 def test_console_scripts_exist(script: str) -> None:
     scripts = load_pyproject()["project"].get("scripts", {})
     assert script in scripts, f"pyproject.toml [project.scripts] must declare {script}"
@@ -903,3 +906,63 @@ def test_interpolation_helper() -> None:
     with pytest.raises(InterpolationError):
         interpolate("${E:?need E}", env)
     assert interpolate("${E?need E}", env) == ""
+
+
+# ------------------------------------------------------------------------------------------------ several databases
+
+
+def _databases_file_mount(svc: dict[str, Any]) -> str | None:
+    for vol in svc.get("volumes") or []:
+        source, target = str(vol).split(":")[:2]
+        if target == svc["environment"].get("BACKUP_DATABASES_FILE"):
+            return source
+    return None
+
+
+def test_the_stack_backs_up_three_databases_each_on_its_own_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17's 'done when': the stack's databases file names three databases with three crons, every process
+    that needs it has it mounted, the worker has every URL the file names, Beat none (it sends names only)."""
+    import beat_schedule
+    from backup_tasks import databases
+    from backup_tasks.settings import Settings
+
+    svcs = resolved_services()
+    sources = {name: _databases_file_mount(svcs[name]) for name in ("worker", "beat", "metrics")}
+    assert len(set(sources.values())) == 1 and None not in sources.values(), sources
+    path = ROOT / next(iter(sources.values()))
+    text = path.read_text(encoding="utf-8")
+    tables = tomllib.loads(text)["databases"]
+    worker_env = svcs["worker"]["environment"]
+    for name, table in tables.items():
+        assert table["url_env"] in worker_env, f"the worker lacks {table['url_env']} ({name})"
+        assert table["url_env"] not in svcs["beat"]["environment"], "Beat needs no database URL"
+    for key in Settings.model_fields:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("BACKUP_DATABASES_FILE", str(path))
+    settings = Settings()
+    schedule = beat_schedule.build_beat_schedule(settings)
+    assert len(schedule) == 3 and len({e["kwargs"]["cron"] for e in schedule.values()}) == 3
+    assert set(databases.deployment(settings).databases) == set(tables)
+
+
+def test_postgres_creates_the_databases_the_file_names() -> None:
+    svcs = resolved_services()
+    init = next(str(v).split(":")[0] for v in svcs["postgres"]["volumes"] if "initdb.d" in str(v))
+    created = set(re.findall(r"CREATE DATABASE (\w+)", (ROOT / init).read_text(encoding="utf-8")))
+    names = {urlsplit(v).path.lstrip("/") for k, v in svcs["worker"]["environment"].items()
+             if k.endswith("DATABASE_URL")}
+    assert names == created | {svcs["postgres"]["environment"]["POSTGRES_DB"]}, (names, created)
+
+
+def test_metrics_service_runs_its_entry_point_published_on_loopback_only() -> None:
+    svc = resolved_services()["metrics"]
+    argv = argvs(svc["command"])[0]
+    assert argv[0] == "backup-tasks-metrics"
+    assert load_pyproject()["project"]["scripts"][argv[0]] == "backup_tasks.processes:metrics"
+    ports = published_ports(svc)
+    assert ports and all(p["host_ip"] == "127.0.0.1" for p in ports), ports
+    assert "--address" in argv and argv[argv.index("--address") + 1] == "0.0.0.0", "inside its container only"
+    assert all(str(v).endswith(":ro") for v in svc["volumes"]), "the metrics process only reads"
+    assert (svc.get("healthcheck") or {}).get("test")
+    for key in ("S3_BUCKET_NAME", "S3_ENDPOINT_URL", "BACKUP_DIR", "CELERY_BROKER_URL"):
+        assert svc["environment"][key] == resolved_services()["worker"]["environment"][key], key

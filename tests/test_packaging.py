@@ -47,7 +47,8 @@ slow = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
 ENTRY_POINTS = {"backupctl": "backup_tasks.cli:main", "backup-tasks-worker": "backup_tasks.processes:worker",
-                "backup-tasks-beat": "backup_tasks.processes:beat", "backup-tasks-flower": "backup_tasks.processes:flower"}
+                "backup-tasks-beat": "backup_tasks.processes:beat", "backup-tasks-flower": "backup_tasks.processes:flower",
+                "backup-tasks-metrics": "backup_tasks.processes:metrics"}
 # Top-level entries that are no source of the wheel, kept out of the copy it is built from (as .dockerignore keeps
 # them out of the image's build context): a stale build/ would put old files into the wheel, the rest is large.
 NOT_SOURCE = {".git", ".venv", "build", "dist", ".pytest_cache", "backups", ".bench", ".demo", "bench", ".env"}

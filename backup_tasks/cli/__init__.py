@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .common import select_database
 from .errors import run_main
 
 
@@ -12,13 +13,16 @@ from .errors import run_main
 # __version__ itself, not the installed metadata: an editable install's metadata keeps the version it was
 # installed with, while the backup metadata's tool_version (core/backup.py) reads __version__.
 @click.version_option(version=__version__, prog_name="backupctl")
+@click.option("--db", "db", metavar="NAME", default=None, expose_value=False, callback=select_database,
+              help="The database to act on, by its name in BACKUP_DATABASES_FILE (default BACKUP_DB, else the only "
+                   "one); see `backupctl databases`.")
 def cli() -> None:
     """PostgreSQL backup and restore to gzip JSON, without pg_dump."""
 
 
 def register_commands() -> None:
     """Import the command modules, which add their commands to `cli` (main does; so do in-process tests)."""
-    from . import db_commands, job_commands, storage_commands  # noqa: F401
+    from . import db_commands, fleet_commands, job_commands, storage_commands  # noqa: F401
 
 
 def main() -> None:

@@ -8,11 +8,36 @@ from typing import Any, Callable
 import click
 
 
+def select_database(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """--db NAME, before or after the command's name (`backupctl --db orders list`, `backupctl list --db orders`);
+    the last one given wins. Only the name travels: the worker resolves it from its own configuration."""
+    if value:
+        root = ctx.find_root()
+        root.obj = {**(root.obj or {}), "db": value}
+
+
+def selected_database() -> str | None:
+    """--db, else BACKUP_DB (environment or .env), else None (the job's process picks the only database)."""
+    ctx = click.get_current_context(silent=True)
+    chosen = ((ctx.find_root().obj or {}).get("db") if ctx is not None else None)
+    if chosen:
+        return chosen
+    from ..settings import get_settings
+
+    return (get_settings().BACKUP_DB or "").strip() or None
+
+
+def db_option(fn: Callable) -> Callable:
+    return click.option("--db", "db", metavar="NAME", default=None, expose_value=False, callback=select_database,
+                        help="The database to act on (see `backupctl databases`).")(fn)
+
+
 def job_options(fn: Callable) -> Callable:
-    """--local / --no-wait for commands that run a job."""
+    """--local / --no-wait / --db for commands that run a job."""
 
     @click.option("--local", is_flag=True, help="Run in this process instead of on a Celery worker.")
     @click.option("--no-wait", is_flag=True, help="Enqueue, print the task id and return at once.")
+    @db_option
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
@@ -51,4 +76,12 @@ def run_job(name: str, kwargs: dict[str, Any], *, local: bool, no_wait: bool = F
     """Run a job in-process (with a progress bar) or on a worker. Returns the job's result dict, or None with --no-wait."""
     from .dispatch import dispatch
 
+    database = selected_database()
+    if database is not None:
+        if kwargs.get("database_url"):
+            from ..errors import UsageError
+
+            raise UsageError("give either --db or --database-url, not both",
+                             hint="--db names a database of BACKUP_DATABASES_FILE; --database-url is any other.")
+        kwargs = {**kwargs, "database": database}
     return dispatch(name, kwargs, local=local, no_wait=no_wait)

@@ -52,7 +52,7 @@ def dispatch(name: str, kwargs: dict[str, Any], *, local: bool, no_wait: bool = 
 
     kwargs = remote_kwargs(name, kwargs)
     worker = ensure_worker(app)
-    if name in DATABASE_JOBS and not kwargs.get("database_url"):
+    if name in DATABASE_JOBS and not kwargs.get("database_url") and not kwargs.get("database"):
         note_other_database(app.conf.broker_url, worker)
     task_id = enqueue(app, name, kwargs)
     if no_wait:
@@ -74,7 +74,7 @@ def remote_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         if not is_backup_name(path.name):
             raise UsageError(f"{file!r} is not a backup name; a worker reads backups from its BACKUP_DIR by name",
                              hint="Give a name like backup_20251101_123456.backup.gz, or use --local for a path.")
-        if path.name != file and path.parent.resolve() != get_settings().BACKUP_DIR.resolve():
+        if path.name != file and path.parent.resolve() != _backup_dir(kwargs.get("database")).resolve():
             click.echo(f"Note: the worker reads {path.name} from its own BACKUP_DIR, not from {path.parent}.",
                        err=True)
         kwargs["file"] = path.name
@@ -85,6 +85,16 @@ def remote_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         raise UsageError("a --database-url with a password is not sent to a worker (the broker would store it)",
                          hint="Set DATABASE_URL in the worker's environment, or use --local.")
     return kwargs
+
+
+def _backup_dir(database: str | None) -> Path:
+    """This host's directory for the database's backups (only for the note: the worker has its own)."""
+    from .. import databases
+
+    try:
+        return Path(databases.select(database).config.BACKUP_DIR)
+    except BackupError:  # this shell does not know the name: the worker may
+        return get_settings().BACKUP_DIR
 
 
 def ensure_broker(app: Any) -> None:

@@ -13,7 +13,7 @@ from ..errors import ConfigError, QueueError, StaleBackupError
 from ..jobs.results import CreateJobResult, ListingJobResult, ScheduledBackupResult
 from ..units import format_bytes
 from . import cli
-from .common import run_job
+from .common import db_option, run_job
 from .render import as_model, render_result, summary_of_scheduled
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
@@ -167,6 +167,7 @@ def _newest(listings: list[ListingJobResult]) -> tuple[datetime, str, str] | Non
 @click.option("--target", type=click.Choice(["local", "s3", "all"]), default="all", show_default=True,
               help="Where to look; `all` skips S3 when it is not configured.")
 @click.option("--local", is_flag=True, help="List in this process instead of on a Celery worker.")
+@db_option
 def check(max_age: timedelta, target: str, local: bool) -> None:
     """Exit 11 when the newest backup is older than --max-age (for monitors: backups that silently stopped)."""
     jobs = {"local": ["list_local"], "s3": ["list_s3"], "all": ["list_local", "list_s3"]}[target]

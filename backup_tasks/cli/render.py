@@ -15,8 +15,20 @@ import click
 from pydantic import BaseModel, ValidationError
 
 from ..errors import BackupError
-from ..jobs.results import (CleanupJobResult, CreateJobResult, DiffJobResult, DownloadJobResult, ListingJobResult,
-                            RestoreJobResult, ScheduledBackupResult, StoredBackup, UploadJobResult, VerifyJobResult)
+from ..jobs.results import (
+    CleanupJobResult,
+    CreateJobResult,
+    DatabasesJobResult,
+    DatabaseSummary,
+    DiffJobResult,
+    DownloadJobResult,
+    ListingJobResult,
+    RestoreJobResult,
+    ScheduledBackupResult,
+    StoredBackup,
+    UploadJobResult,
+    VerifyJobResult,
+)
 from ..models import DiffSummary, TableDiff
 from ..units import format_bytes
 
@@ -198,6 +210,32 @@ def _version(b: StoredBackup) -> str:
     return b.migration_version or "-"
 
 
+def render_databases(r: DatabasesJobResult) -> None:
+    source = f"from {r.file}" if r.file else "DATABASE_URL alone (no BACKUP_DATABASES_FILE)"
+    click.echo(f"{len(r.databases)} database{'s' if len(r.databases) != 1 else ''} ({source}):")
+    for db in r.databases:
+        _render_database(db)
+    for server, problem in r.problems.items():
+        click.secho(f"{server}: discovery failed: {problem}", fg="red")
+
+
+def _render_database(db: DatabaseSummary) -> None:
+    keep = db.retention
+    gfs = "".join(f", {keep[k]} {k.removeprefix('keep_')}" for k in ("keep_daily", "keep_weekly", "keep_monthly")
+                  if keep.get(k))
+    click.echo(f"{db.name}: {db.target or db.problem} [{db.origin}]")
+    click.echo(f"  schedule: {db.cron} ({db.timezone}); retention: {keep.get('days')} days, at least "
+               f"{keep.get('min_count')}{gfs}" + (f"; overrides: {', '.join(db.overrides)}" if db.overrides else ""))
+    for n in db.newest:
+        if n.error:
+            click.echo(f"  {n.location} {n.where}: cannot list: {n.error}")
+        elif n.name is None:
+            click.echo(f"  {n.location} {n.where}: no backups")
+        else:
+            click.echo(f"  {n.location} {n.where}: {n.count} backup{'s' if n.count != 1 else ''}, newest {n.name} "
+                       f"({n.created_at:%Y-%m-%d %H:%M:%S} UTC)")
+
+
 def render_upload(r: UploadJobResult) -> None:
     click.echo(f"Uploaded {r.source} to {r.url} ({format_bytes(r.size, 1)}, sha256 {r.sha256})")
 
@@ -230,6 +268,8 @@ def render_cleanup(r: CleanupJobResult) -> int:
 
 
 def summary_of_scheduled(r: ScheduledBackupResult) -> str:
+    if r.fanned_out:
+        return f"scheduled backups for slot {r.slot} sent for the databases of {r.db}: {', '.join(r.fanned_out)}"
     if r.skipped:
         return f"scheduled backup for slot {r.slot} skipped: {r.reason}"
     uploaded = " and uploaded" if r.upload else ""
@@ -247,6 +287,7 @@ _RENDERERS: dict[str, tuple[type[BaseModel], Any]] = {
     "download": (DownloadJobResult, render_download),
     "cleanup": (CleanupJobResult, render_cleanup),
     "scheduled_backup": (ScheduledBackupResult, lambda r: click.echo(summary_of_scheduled(r))),
+    "databases": (DatabasesJobResult, render_databases),
 }
 
 

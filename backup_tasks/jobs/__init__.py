@@ -3,6 +3,10 @@
 The same function runs in a Celery task (tasks.py) and in the CLI's `--local` path, so what a user sees
 does not depend on where the job ran, and both take the same per-database lock (pg/joblock.py) around the
 core call. Nothing here imports Celery or boto3.
+
+A job is asked for a database by name (`database`, never a URL from the queue): run_job resolves it here, in
+the process that runs the job, from that process's own configuration (databases.py), and every job receives
+the `Database` (`db`: its URL, directory, S3 prefix, retention...) instead of reading the settings.
 """
 
 from __future__ import annotations
@@ -11,14 +15,16 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
+from .. import databases
+from ..databases import Database
 from ..progress import ProgressFn, no_progress
-from ..settings import get_settings
 
 if TYPE_CHECKING:
     from ..pg.joblock import JobLock
 
 JobFn = Callable[..., dict[str, Any]]
 JOBS: dict[str, JobFn] = {}
+DEPLOYMENT_JOBS: set[str] = set()  # jobs about the whole deployment: given no `db`
 EXCLUSIVE, SHARED = "exclusive", "shared"  # the lock modes of pg/joblock.py, without importing the driver here
 
 # Who runs the job: the Celery task id on a worker, None in this process (--local). Set by run_job for the
@@ -26,9 +32,11 @@ EXCLUSIVE, SHARED = "exclusive", "shared"  # the lock modes of pg/joblock.py, wi
 _task_id: ContextVar[str | None] = ContextVar("backup_tasks_job_task_id", default=None)
 
 
-def job(name: str) -> Callable[[JobFn], JobFn]:
+def job(name: str, *, per_database: bool = True) -> Callable[[JobFn], JobFn]:
     def register(fn: JobFn) -> JobFn:
         JOBS[name] = fn
+        if not per_database:
+            DEPLOYMENT_JOBS.add(name)
         return fn
 
     return register
@@ -37,6 +45,10 @@ def job(name: str) -> Callable[[JobFn], JobFn]:
 def run_job(name: str, kwargs: dict[str, Any], progress: ProgressFn | None = None, *,
             task_id: str | None = None) -> dict[str, Any]:
     _load()
+    kwargs = dict(kwargs)
+    selected = kwargs.pop("database", None)
+    if name not in DEPLOYMENT_JOBS:
+        kwargs["db"] = databases.select(selected)
     token = _task_id.set(task_id)
     try:
         return JOBS[name](progress=progress or no_progress, **kwargs)
@@ -45,16 +57,18 @@ def run_job(name: str, kwargs: dict[str, Any], progress: ProgressFn | None = Non
 
 
 @contextmanager
-def database_lock(database_url: str | None, mode: str, job_name: str) -> Iterator[JobLock]:
+def database_lock(url: str, mode: str, job_name: str) -> Iterator[JobLock]:
     """The target database's job lock for the block: EXCLUSIVE for a restore, SHARED for a backup, a diff or a
     dry run. BusyError at once when another job holds it in a conflicting mode."""
     from ..pg.joblock import job_lock, local_owner
 
-    url = database_url or get_settings().database_url
     with job_lock(url, mode, job_name, _task_id.get() or local_owner()) as lock:
         yield lock
 
 
+__all__ = ["DEPLOYMENT_JOBS", "Database", "EXCLUSIVE", "SHARED", "JOBS", "database_lock", "job", "run_job"]
+
+
 def _load() -> None:
     # Importing the modules registers their jobs.
-    from . import db, storage  # noqa: F401
+    from . import db, deployment, storage  # noqa: F401

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..core.options import EngineOptions
-from ..settings import Settings, get_settings
+from ..databases import Database
+from ..settings import Settings
 
 
-def engine_options(settings: Settings | None = None) -> EngineOptions:
-    s = settings or get_settings()
+def engine_options(s: Settings) -> EngineOptions:
+    """From a database's effective settings (its compression level, its jobs...)."""
     return EngineOptions(
         lock_timeout_s=s.BACKUP_LOCK_TIMEOUT_S,
         max_line_bytes=s.BACKUP_MAX_LINE_BYTES,
@@ -18,6 +19,6 @@ def engine_options(settings: Settings | None = None) -> EngineOptions:
     )
 
 
-def database_url(explicit: str | None = None) -> str:
-    """The database a job works on: the one it was given, else DATABASE_URL."""
-    return explicit or get_settings().database_url
+def database_url(db: Database, explicit: str | None = None) -> str:
+    """The database a job works on: the URL it was given (--database-url), else the selected database's."""
+    return explicit or db.url

@@ -119,9 +119,40 @@ class CleanupJobResult(BaseModel):
 
 class ScheduledBackupResult(BaseModel):
     slot: str
-    database: str | None = None
+    database: str | None = None  # the PostgreSQL database's own name
+    db: str | None = None  # its name in this deployment (--db); a server's name for a fan-out
     skipped: bool
+    fanned_out: list[str] = Field(default_factory=list)  # a server's databases, each sent its own scheduled backup
     reason: str | None = None
     create: dict[str, Any] | None = None  # a CreateJobResult, or {"name", "resumed"} after a redelivery
     upload: UploadJobResult | None = None
     cleanup: CleanupJobResult | None = None
+
+
+class NewestBackup(BaseModel):
+    location: str
+    where: str
+    count: int = 0
+    name: str | None = None
+    created_at: datetime | None = None
+    error: str | None = None  # why the location could not be listed
+
+
+class DatabaseSummary(BaseModel):
+    """One database of the deployment, as `backupctl databases` shows it (by name, host and port: no URL)."""
+
+    name: str
+    origin: str
+    target: str | None = None
+    problem: str | None = None
+    cron: str
+    timezone: str
+    retention: dict[str, int]
+    overrides: list[str] = Field(default_factory=list)
+    newest: list[NewestBackup] = Field(default_factory=list)
+
+
+class DatabasesJobResult(BaseModel):
+    file: str | None = None  # BACKUP_DATABASES_FILE; None: the one database of DATABASE_URL
+    databases: list[DatabaseSummary]
+    problems: dict[str, str] = Field(default_factory=dict)  # servers whose discovery failed, and why

@@ -11,19 +11,27 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from .. import databases
 from ..archive.header import read_migration_version
 from ..checksum import read_sidecar
 from ..errors import BackupError, InvalidBackupError, UsageError
 from ..names import validate_name
 from ..progress import ProgressFn, no_progress
 from ..retention import RetentionPolicy, apply_policy
-from ..settings import get_settings
 from ..storage.base import BackupInfo, Storage
 from ..storage.factory import local_storage, s3_storage
-from . import job
+from . import Database, job
 from .listing import newest_verified, with_migration_versions
-from .results import (CleanupJobResult, CleanupLocation, DownloadJobResult, ListingJobResult, S3Source, StoredBackup,
-                      UploadJobResult, VerifiedNewest)
+from .results import (
+    CleanupJobResult,
+    CleanupLocation,
+    DownloadJobResult,
+    ListingJobResult,
+    S3Source,
+    StoredBackup,
+    UploadJobResult,
+    VerifiedNewest,
+)
 
 TARGETS = ("local", "s3", "all")
 
@@ -40,27 +48,28 @@ def _listing(storage: Storage, backups: list[BackupInfo], details: bool) -> dict
 
 
 @job("list_local")
-def list_local(*, progress: ProgressFn = no_progress) -> dict[str, Any]:
-    storage = local_storage()
+def list_local(*, db: Database, progress: ProgressFn = no_progress) -> dict[str, Any]:
+    storage = local_storage(db.config)  # a listing needs no URL: `config`, so a database without one still lists
     # Each file's head is read (bounded) for its migration version: a local open costs next to nothing.
     return _listing(storage, with_migration_versions(storage, storage.list()), True)
 
 
 @job("list_s3")
-def list_s3(*, long: bool = False, progress: ProgressFn = no_progress) -> dict[str, Any]:
+def list_s3(*, db: Database, long: bool = False, progress: ProgressFn = no_progress) -> dict[str, Any]:
     """One ListObjectsV2 request per 1,000 keys; `long` adds a HEAD per backup for its metadata (checksum and
     migration version recorded at upload)."""
-    storage = s3_storage()
+    storage = s3_storage(db.config)
     return _listing(storage, storage.list(details=long), long)
 
 
 @job("upload")
-def upload(*, file: str, progress: ProgressFn = no_progress, allow_paths: bool = True) -> dict[str, Any]:
+def upload(*, file: str, db: Database, progress: ProgressFn = no_progress, allow_paths: bool = True
+           ) -> dict[str, Any]:
     from .db import resolve_backup_file
 
-    path = resolve_backup_file(file, allow_paths=allow_paths)
+    path = resolve_backup_file(file, db.config.BACKUP_DIR, allow_paths=allow_paths)
     validate_name(path.name)  # the object is stored under the file's own name
-    storage = s3_storage()
+    storage = s3_storage(db.config)
     # The local file is only read: a failed upload leaves it exactly as it was.
     info = storage.put(path, progress=progress, migration_version=_migration_version(path))
     return UploadJobResult(**stored(info).model_dump(), source=str(path), url=storage.url(info.name)
@@ -77,10 +86,10 @@ def _migration_version(path: Path) -> str | None:
 
 
 @job("download")
-def download(*, name: str, progress: ProgressFn = no_progress) -> dict[str, Any]:
+def download(*, name: str, db: Database, progress: ProgressFn = no_progress) -> dict[str, Any]:
     validate_name(name)
-    storage = s3_storage()
-    path = storage.get(name, get_settings().BACKUP_DIR, progress=progress)
+    storage = s3_storage(db.config)
+    path = storage.get(name, db.config.BACKUP_DIR, progress=progress)
     # get() verified the bytes against the recorded checksum and wrote it as the sidecar, if there was one.
     checksum = "ok" if read_sidecar(path) else "missing"
     return DownloadJobResult(name=name, path=str(path), size=path.stat().st_size, url=storage.url(name),
@@ -88,14 +97,16 @@ def download(*, name: str, progress: ProgressFn = no_progress) -> dict[str, Any]
 
 
 @contextmanager
-def downloaded_to_temp(name: str, progress: ProgressFn) -> Iterator[tuple[Path, dict[str, Any]]]:
+def downloaded_to_temp(name: str, progress: ProgressFn, db: Database | None = None
+                       ) -> Iterator[tuple[Path, dict[str, Any]]]:
     """Download an S3 backup into a private temp dir (checksum verified by get) that is removed whatever happens."""
     validate_name(name)
-    storage = s3_storage()
+    db = db or databases.select()
+    storage = s3_storage(db.config)
     # Inside BACKUP_DIR rather than /tmp: backups can be large and /tmp is often a small RAM disk. Not next to it:
     # nothing may be written outside BACKUP_DIR (its parent may not even be ours). The hidden `.backup-s3-*`
     # directory is never a backup name, so listings and retention ignore it.
-    backup_dir = get_settings().BACKUP_DIR
+    backup_dir = db.config.BACKUP_DIR
     backup_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".backup-s3-", dir=backup_dir) as tmp:
         path = storage.get(name, Path(tmp), progress=progress)
@@ -106,6 +117,7 @@ def downloaded_to_temp(name: str, progress: ProgressFn) -> Iterator[tuple[Path, 
 def restore_s3(
     *,
     name: str,
+    db: Database,
     dry_run: bool = False,
     database_url: str | None = None,
     tables: list[str] | None = None,
@@ -114,28 +126,30 @@ def restore_s3(
     large_objects: bool | None = None,
     progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
-    from . import db
+    from .db import restore_file
 
     # The lock is taken after the download (restore_file): a restore elsewhere need not wait for the transfer.
-    with downloaded_to_temp(name, progress) as (path, source):
-        return db.restore_file(str(path), database_url=database_url, dry_run=dry_run, tables=tables,
-                               show_diff=show_diff, refresh_views=refresh_views, large_objects=large_objects,
-                               progress=progress, job_name="restore_s3", source=source)
+    with downloaded_to_temp(name, progress, db) as (path, source):
+        return restore_file(str(path), db=db, database_url=database_url, dry_run=dry_run, tables=tables,
+                            show_diff=show_diff, refresh_views=refresh_views, large_objects=large_objects,
+                            progress=progress, job_name="restore_s3", source=source)
 
 
 @job("verify_s3")
-def verify_s3(*, name: str, progress: ProgressFn = no_progress) -> dict[str, Any]:
-    from . import db
+def verify_s3(*, name: str, db: Database, progress: ProgressFn = no_progress) -> dict[str, Any]:
+    from .db import verify_file
 
-    with downloaded_to_temp(name, progress) as (path, source):
-        return db.verify_file(str(path), progress=progress, source=source)
+    with downloaded_to_temp(name, progress, db) as (path, source):
+        return verify_file(str(path), progress=progress, db=db, source=source)
 
 
 @job("cleanup")
-def cleanup(*, dry_run: bool = False, target: str = "all", progress: ProgressFn = no_progress) -> dict[str, Any]:
+def cleanup(*, db: Database, dry_run: bool = False, target: str = "all", progress: ProgressFn = no_progress
+            ) -> dict[str, Any]:
+    """The database's retention policy on the database's own directory and prefix, nothing else."""
     if target not in TARGETS:
         raise UsageError(f"unknown cleanup target {target!r}", hint="Use one of: local, s3, all.")
-    settings = get_settings()
+    settings = db.config
     policy = RetentionPolicy.from_settings(settings)
     now = datetime.now(timezone.utc)
     locations: dict[str, CleanupLocation] = {}
