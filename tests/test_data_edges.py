@@ -188,7 +188,9 @@ def test_wide_rows_and_big_large_objects_stay_within_the_memory_bound(make_db, b
 
 # --- what is not in the backup ---------------------------------------------------------------------------
 
-EXTENSION = "bt_test_config"
+# A name of this session's own: sessions side by side on one server install and remove their files in the same
+# directory, and one's teardown removed the control file under another's CREATE EXTENSION.
+EXTENSION = f"bt_test_config_{os.getpid()}"
 CONTROL = "comment = 'backup_tasks test: a configuration table'\ndefault_version = '1.0'\nrelocatable = false\n"
 SCRIPT = """
 CREATE TABLE bt_settings (id int PRIMARY KEY, name text NOT NULL, standard boolean NOT NULL DEFAULT false);

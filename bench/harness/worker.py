@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -24,12 +25,15 @@ from procfs import children
 from .pg import HarnessError
 
 REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
-CLAIM_KEY = "backup_tasks_bench:claimed_by"
+# The same claim as tests/celery_worker.py's, key and all: with keys of their own, a test session took the
+# benchmark's database as unclaimed and flushed it under the running benchmark (and the other way round).
+CLAIM_KEY = "backup_tasks_test:claimed_by"
+CLAIM_TTL_S = 120  # renewed while the run lives: a killed run's claim lapses in two minutes
 
 
 def broker(wait_s: float, log) -> RedisDb | PrivateRedis:
-    """A Redis database of the shared server nobody uses, else (test sessions claim them for up to an hour
-    each, and a killed session's claim stays until it expires) a Redis server of the benchmark's own."""
+    """A Redis database of the shared server nobody claims, else (test sessions claim them while they run) a
+    Redis server of the benchmark's own."""
     deadline = time.monotonic() + wait_s
     while True:
         db = RedisDb()
@@ -43,10 +47,12 @@ def broker(wait_s: float, log) -> RedisDb | PrivateRedis:
 
 
 class RedisDb:
-    """An empty Redis database (1-15) claimed with a key, the way tests/celery_worker.py claims one."""
+    """A Redis database (1-15) nobody claims, claimed with a key that is renewed while the run lives and emptied
+    of what a killed run left in it, the way tests/celery_worker.py claims one."""
 
     def __init__(self) -> None:
         self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self._stop = threading.Event()
         self.number = self._claim()
         self.url = f"redis://{REDIS_HOST}:{REDIS_PORT}/{self.number}"
         self.where = f"Redis database {self.number}"
@@ -61,13 +67,24 @@ class RedisDb:
             raise HarnessError(f"Redis is not running on {REDIS_HOST}:{REDIS_PORT} (make services): {exc}") from None
         for n in range(15, 0, -1):
             r = self._client(n)
-            if r.dbsize() == 0 and r.set(CLAIM_KEY, self.token, nx=True, ex=12 * 3600):
-                if r.dbsize() == 1:
-                    return n
-                r.delete(CLAIM_KEY)
+            if r.set(CLAIM_KEY, self.token, nx=True, ex=CLAIM_TTL_S):
+                for key in r.scan_iter(count=500):
+                    if key != CLAIM_KEY.encode():
+                        r.delete(key)
+                threading.Thread(target=self._renew, args=(r,), daemon=True).start()
+                return n
         return None
 
+    def _renew(self, r: redis.Redis) -> None:
+        while not self._stop.wait(CLAIM_TTL_S / 4):
+            try:
+                if r.get(CLAIM_KEY) == self.token.encode():
+                    r.expire(CLAIM_KEY, CLAIM_TTL_S)
+            except redis.RedisError:
+                pass
+
     def release(self) -> None:
+        self._stop.set()
         r = self._client(self.number)
         if r.get(CLAIM_KEY) == self.token.encode():
             r.flushdb()
