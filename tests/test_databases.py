@@ -229,3 +229,16 @@ def test_file_shipped_as_example_is_valid(env, tmp_path):
     dep = databases.deployment()
     assert len(dep.databases) >= 3
     assert beat_schedule.build_beat_schedule(get_settings())
+
+
+def test_a_connection_failure_hints_at_that_databases_own_url_variable(env):
+    """The driver's hint says DATABASE_URL; for `orders` the user must look at ORDERS_DATABASE_URL."""
+    from backup_tasks.errors import DatabaseError
+    from backup_tasks.jobs import run_job
+
+    env(TWO, ORDERS_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/bt_no_such_database_orders",
+        BILLING_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/postgres")
+    with pytest.raises(DatabaseError) as caught:
+        run_job("create", {"database": "orders"})
+    assert "ORDERS_DATABASE_URL (database orders)" in caught.value.hint, caught.value.hint
+    assert "DATABASE_URL" not in caught.value.hint.replace("ORDERS_DATABASE_URL", ""), caught.value.hint

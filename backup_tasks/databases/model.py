@@ -46,6 +46,11 @@ class Database:
     def url(self) -> str:
         return self.settings.database_url
 
+    @property
+    def url_variable(self) -> str:
+        """The environment variable its URL comes from (the last word of `origin`)."""
+        return self.origin.rsplit(" ", 1)[-1]
+
     def describe(self) -> str:
         """`orders (database orders_db on db1:5432)`; never the URL."""
         if self.url_error:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from .. import databases
 from ..databases import Database
+from ..errors import BackupError
 from ..progress import ProgressFn, no_progress
 
 if TYPE_CHECKING:
@@ -52,8 +53,18 @@ def run_job(name: str, kwargs: dict[str, Any], progress: ProgressFn | None = Non
     token = _task_id.set(task_id)
     try:
         return JOBS[name](progress=progress or no_progress, **kwargs)
+    except BackupError as exc:
+        _point_hint_at_url_variable(exc, kwargs.get("db"))
+        raise
     finally:
         _task_id.reset(token)
+
+
+def _point_hint_at_url_variable(exc: BackupError, db: Database | None) -> None:
+    """The driver layer's hints say DATABASE_URL (it knows no deployment); for a database of the file whose URL
+    is in ORDERS_DATABASE_URL, "check DATABASE_URL" sends the user to the wrong variable."""
+    if db is not None and exc.hint and db.url_variable != "DATABASE_URL":
+        exc.hint = exc.hint.replace("DATABASE_URL", f"{db.url_variable} (database {db.name})")
 
 
 @contextmanager
