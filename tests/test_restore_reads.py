@@ -8,15 +8,19 @@ bounded read of the head for the metadata, and the restore's one pass. No diff p
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot
 
 ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # 600,000 rows: a file large enough that a head read and a pass differ
 
 # Runs backupctl in this interpreter with builtins.open wrapped for paths ending in ".gz" (the backup; its .sha256
 # and .manifest.json sidecars are other names): each open is recorded with the bytes read through it (counted at
@@ -57,7 +61,7 @@ def _audited(args: list[str], url: str, backup_dir: Path) -> tuple[subprocess.Co
     proc = subprocess.run([sys.executable, "-c", AUDIT, *args], env=env, cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     line = next(line for line in proc.stderr.splitlines() if line.startswith("OPENED "))
-    return proc, eval(line[len("OPENED "):])  # noqa: S307 - our own repr() of a list of str
+    return proc, ast.literal_eval(line[len("OPENED "):])
 
 
 # What reading the metadata may cost: the head of the file through one buffered read of the decompressor.
