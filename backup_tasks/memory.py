@@ -31,3 +31,19 @@ def pin_mmap_threshold(size: int = 64 << 20, trim: int = 128 << 20) -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, trim)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to pin
         pass
+
+
+def release_freed_memory() -> None:
+    """Give the heap's free memory back to the system, after a job in a long-lived worker process.
+
+    The trim threshold above keeps up to 128 MiB of freed heap for reuse while a job runs; a pool process that then
+    waits hours for its next job would hold it all that time, and the next job's peak would start from there (the
+    benchmark's worker processes grew 98 → 112 MB over three backups, 164 MB for a diff after them)."""
+    import gc
+
+    gc.collect()
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its allocator returns memory its own way
+        pass

@@ -53,6 +53,7 @@ from .core.parallel import PartStore
 from .errors import BackupError, Transient, UsageError
 from .jobs import run_job
 from .jobs.results import WorkerTarget
+from .memory import release_freed_memory
 from .names import validate_name
 from .partwork import BoardRunner, PartBoard, help_with
 from .progress import Progress, ProgressFn, Throttle
@@ -258,6 +259,10 @@ class JobTask(Task):
         if payload.get("type") not in QUIET_FAILURES:
             notify.send(notify.Notice(name or str(database), self.job, False, self._elapsed({}), file=file,
                                       error=message, hint=payload.get("hint"), target=target_description(kwargs)))
+
+    def after_return(self, status: str, retval: Any, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        """The pool process outlives the job: what the job freed goes back to the system before the next one."""
+        release_freed_memory()
 
     def _elapsed(self, result: dict[str, Any]) -> float | None:
         started = getattr(self.request, "backup_tasks_started", None)
