@@ -31,3 +31,34 @@ def pin_mmap_threshold(size: int = 64 << 20, trim: int = 128 << 20) -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, trim)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to pin
         pass
+
+
+def reset_peak_rss() -> bool:
+    """Start this process's peak-RSS count afresh (Linux: "5" to /proc/self/clear_refs resets VmHWM), so a job in a
+    long-lived worker process measures its own peak, not the worker's since it started. False where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes() -> int | None:
+    """This process's peak resident set size (VmHWM) since it started or since reset_peak_rss()."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def children_peak_rss_bytes() -> int:
+    """The largest peak RSS of any child process this process has waited for (getrusage counts no reset: the
+    largest child of the process's life, e.g. a diff's reader)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
