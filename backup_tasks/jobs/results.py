@@ -148,6 +148,15 @@ class ScheduledBackupResult(BaseModel):
     cleanup: CleanupJobResult | None = None
 
 
+class ScheduledDrillResult(BaseModel):
+    slot: str
+    database: str | None = None  # the PostgreSQL database's own name
+    db: str | None = None  # its name in this deployment
+    skipped: bool
+    reason: str | None = None
+    drill: dict[str, Any] | None = None  # a DrillJobResult
+
+
 class NewestBackup(BaseModel):
     location: str
     where: str
