@@ -46,7 +46,7 @@ def test_a_result_renders_the_same_from_its_dict_with_the_tasks_extra_keys(capsy
     listing = ListingJobResult(location="local", where="/b", backups=[StoredBackup(
         name="backup_20250101_000000.backup.gz", size=1_153_434, created_at=datetime(2025, 1, 1, tzinfo=timezone.utc))])
     render_result({**listing.model_dump(mode="json"), "job": "list_local"})
-    assert "backup_20250101_000000.backup.gz      1.1 MB  2025-01-01 00:00:00  -" in capsys.readouterr().out
+    assert "backup_20250101_000000.backup.gz      1.1 MB  2025-01-01 00:00:00  never" in capsys.readouterr().out
 
 
 def test_a_result_of_another_shape_is_an_error_not_a_traceback():

@@ -196,16 +196,20 @@ def render_listing(listing: ListingJobResult) -> None:
     click.echo(f"{len(backups)} backup{'s' if len(backups) != 1 else ''} in {where} (newest first{more}):")
     width = max(len(b.name) for b in backups)
     long_s3 = listing.details and listing.location == "s3"
-    click.echo(f"  {'NAME':<{width}}  {'SIZE':>10}  {'CREATED (UTC)':<19}  {'LAST DRILL (UTC)':<23}"
+    # The last drill before the migration version: a fixed width, and the version stays the last column.
+    click.echo(f"  {'NAME':<{width}}  {'SIZE':>10}  {'CREATED (UTC)':<19}  {'LAST DRILL (UTC)':<{DRILL_WIDTH}}"
                + ("  SHA256      " if long_s3 else "") + ("  MIGRATION" if listing.details else ""))
     for b in backups:
         line = (f"  {b.name:<{width}}  {format_bytes(b.size, 1):>10}  {b.created_at:%Y-%m-%d %H:%M:%S}"
-                f"  {drill_cell(b.drill):<23}")
+                f"  {drill_cell(b.drill):<{DRILL_WIDTH}}")
         if long_s3:
             line += f"  {(b.sha256 or 'none')[:12]:<12}"
         if listing.details:
             line += f"  {_version(b)}"
         click.echo(line)
+
+
+DRILL_WIDTH = len("unreadable 2026-12-02 01:00")
 
 
 def drill_cell(d: DrillStatus | None) -> str:
