@@ -11,6 +11,7 @@ import json
 import subprocess
 import uuid
 
+import psycopg2
 import pytest
 
 from backup_tasks import dsn
@@ -110,16 +111,23 @@ def test_the_scheduled_drill_runs_once_per_slot_and_never_takes_productions_lock
     assert sorted(r["skipped"] for r in results) == [False, True]
     made = next(r for r in results if not r["skipped"])
     assert made["drill"]["outcome"] == "ok" and made["slot"] == slot
-    # During a drill the lock held is the scratch database's, never production's: a backup runs meanwhile.
-    run_sql(scratch, "CREATE OR REPLACE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS "
-                     "$$ BEGIN PERFORM pg_sleep(0.002); RETURN NEW; END $$; "
-                     "CREATE TRIGGER slow BEFORE INSERT ON t FOR EACH ROW EXECUTE FUNCTION slow();")
-    running = client_app.signature("backup_tasks.drill", kwargs={}).apply_async().id
-    wait_for(lambda: holders(scratch), 60, interval=0.05, what="the drill to hold the scratch database's lock")
-    assert holders(celery_env.db_url) == []
-    created = backupctl(celery_env, "create")
-    assert created.returncode == 0, created.stderr
-    assert holders(scratch), "the drill ended before the backup: the test proved nothing"
+    # During a drill the lock held is the scratch database's, never production's: a backup runs meanwhile. A
+    # reader of the scratch table keeps the drill's TRUNCATE waiting, so the drill is surely still running.
+    blocker = psycopg2.connect(scratch)
+    try:
+        blocker.cursor().execute("LOCK TABLE t IN ACCESS SHARE MODE")
+        running = client_app.signature("backup_tasks.drill", kwargs={}).apply_async().id
+        wait_for(lambda: holders(scratch), 60, interval=0.05, what="the drill to hold the scratch database's lock")
+        assert holders(celery_env.db_url) == []
+        created = backupctl(celery_env, "create")
+        assert created.returncode == 0, created.stderr
+        assert holders(scratch), "the drill ended before the backup: the test proved nothing"
+        # A second drill on the same scratch database is refused while the first runs (exit 8, busy).
+        second = backupctl(celery_env, "drill")
+        assert second.returncode == 8 and "drill" in second.stderr, second.stderr
+    finally:
+        blocker.rollback()
+        blocker.close()
     assert result_of(client_app, running)["outcome"] == "ok"
 
 
