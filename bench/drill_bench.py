@@ -72,7 +72,7 @@ def measure(label: str, schema: str, data: str, reps: int) -> None:
         report = json.loads(Path(f"{backup}.drill.json").read_text())
         size = backup.stat().st_size
     steps = ", ".join(f"{c['name']} {c['seconds']:.2f}" for c in report["checks"])
-    print(f"{label}: {report['tables']} tables, {report['rows']:,} rows, backup {size / 1e6:.1f} MB; "
+    print(f"{label}: {report['tables']} tables, {report['rows']:,} rows, backup {size / 1e6:.2f} MB; "
           f"{reps} reps")
     print(f"  restore (backupctl restore --yes --local): median {statistics.median(restores):.2f} s "
           f"({' / '.join(f'{t:.2f}' for t in restores)})")
