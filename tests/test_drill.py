@@ -275,3 +275,25 @@ def test_check_max_drill_age_exits_13_without_a_recent_successful_drill(pair, ba
     assert backupctl("check", "--max-drill-age", "8d", "--local").returncode == 13
     listing = backupctl("list", "--local").stdout
     assert f" failed {r['started_at'][:10]}" in next(x for x in listing.splitlines() if backup.name in x)
+
+
+def test_each_database_of_a_file_drills_into_its_own_scratch_and_never_into_another_production(
+        make_db, settings_env, backup_dir, tmp_path, monkeypatch):
+    (_, orders), (_, billing), (_, scratch) = make_db(), make_db(), make_db()
+    for url in (orders, billing, scratch):
+        run_sql(url, SMALL_SCHEMA)
+    run_sql(orders, SMALL_DATA)
+    file = tmp_path / "databases.toml"
+    file.write_text('[databases.orders]\nurl_env = "ORDERS_URL"\ndrill_url_env = "ORDERS_DRILL_URL"\n'
+                    '[databases.billing]\nurl_env = "BILLING_URL"\n')
+    settings_env(orders, BACKUP_DATABASES_FILE=str(file), ORDERS_URL=orders, BILLING_URL=billing,
+                 ORDERS_DRILL_URL=scratch)
+    monkeypatch.delenv("DRILL_DATABASE_URL", raising=False)
+    assert backupctl("--db", "orders", "create", "--local").returncode == 0
+    done = backupctl("--db", "orders", "drill", "--local")
+    assert done.returncode == 0, done.stderr
+    assert_same(snapshot(orders), snapshot(scratch))
+    before = snapshot(billing)
+    done = backupctl("--db", "orders", "drill", "--local", env_extra={"ORDERS_DRILL_URL": billing})
+    assert done.returncode == 2 and "it is the database billing (BILLING_URL), the production database" in done.stderr
+    assert snapshot(billing) == before

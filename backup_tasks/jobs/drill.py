@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .. import dsn
+from .. import databases, dsn
 from ..archive.reader import read_metadata
 from ..core.drill import Prepared, run_drill
 from ..errors import ConfigError, DrillFailedError, InvalidBackupError, NotFoundError, UsageError
@@ -45,11 +45,13 @@ def scratch_url_of(db: Database, explicit: str | None) -> str:
 
 
 def refuse_production(scratch: str, db: Database) -> None:
-    """The scratch database may be overwritten: never the database this deployment backs up (same host, port and
+    """The scratch database may be overwritten: never a database this deployment backs up (same host, port and
     database name, however either URL is written: URL or key=value form, localhost or 127.0.0.1)."""
     target = dsn.parse(scratch)
-    for what, url in ((f"the database {db.name} ({db.url_variable})", db.url),
-                      ("DATABASE_URL", db.config.database_url)):
+    candidates = [(f"the database {db.name} ({db.url_variable})", db.url), ("DATABASE_URL", db.config.database_url)]
+    candidates += [(f"the database {other.name} ({other.url_variable})", other.config.database_url)
+                   for other in databases.deployment().databases.values() if not other.url_error]
+    for what, url in candidates:
         if url and target.same_database(dsn.parse(url)):
             raise ConfigError(f"refusing to drill into {target.describe()}: it is {what}, the production database; "
                               "nothing was changed", hint=SCRATCH_HINT)
