@@ -226,7 +226,7 @@ class DrillReport(BaseModel):
     rows_per_s: float | None = None
     bytes_per_s: float | None = None  # compressed file bytes restored per second
     peak_rss_bytes: int | None = None  # the drill's own process, from its start
-    children_peak_rss_bytes: int | None = None  # its largest child process (the diff's row reader)
+    tree_peak_rss_bytes: int | None = None  # the process and its children (the diff's row reader), sampled
     prepare_output: str | None = None  # DRILL_PREPARE_COMMAND's output (its tail), masked
 
     model_config = ConfigDict(extra="allow")

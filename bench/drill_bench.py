@@ -79,7 +79,7 @@ def measure(label: str, schema: str, data: str, reps: int) -> None:
     print(f"  drill   (backupctl drill --local):         median {statistics.median(drills):.2f} s "
           f"({' / '.join(f'{t:.2f}' for t in drills)}); ratio {statistics.median(drills) / statistics.median(restores):.2f}x")
     print(f"  last drill's steps (s): {steps}; {report['rows_per_s']:,.0f} rows/s restored; peak RSS "
-          f"{report['peak_rss_bytes'] / 2**20:.0f} MB (largest child {(report['children_peak_rss_bytes'] or 0) / 2**20:.0f} MB)")
+          f"{report['peak_rss_bytes'] / 2**20:.0f} MB (with its children {(report['tree_peak_rss_bytes'] or 0) / 2**20:.0f} MB)")
     for name in (f"drill_bench_{label}", f"drill_bench_{label}_scratch"):
         conn = psycopg2.connect(ADMIN)
         conn.autocommit = True

@@ -230,7 +230,7 @@ def render_drill(r: DrillJobResult) -> None:
     click.echo(f"Restored {r.tables} tables, {r.rows:,} rows in {r.restore_s or 0:.2f} s{speed}; drill "
                f"{r.duration_s:.2f} s in all")
     memory = [f"{what} {format_bytes(n)}" for what, n in (("process", r.peak_rss_bytes),
-                                                           ("largest child", r.children_peak_rss_bytes)) if n]
+                                                           ("with its children", r.tree_peak_rss_bytes)) if n]
     if memory:
         click.echo(f"Peak memory: {', '.join(memory)}")
     click.echo(f"Server {r.server_version or '?'} (backup from {r.backup_server_version or '?'}), tool "

@@ -23,7 +23,7 @@ from pathlib import Path
 from .. import __version__, dsn
 from ..errors import BackupError, InvalidBackupError, RestoreError, SchemaMismatchError
 from ..manifest import read_manifest
-from ..memory import children_peak_rss_bytes, peak_rss_bytes, reset_peak_rss
+from ..memory import TreePeak, peak_rss_bytes, reset_peak_rss
 from ..models import DRILL_ERROR, DRILL_FAILED, DRILL_OK, DiffSummary, DrillCheck, DrillReport, RestoreResult
 from ..pg.restore_tx import restore_transaction
 from ..pg.server import DatabaseFacts, database_facts
@@ -191,18 +191,20 @@ def run_drill(path: Path, *, scratch_url: str, location: str, options: EngineOpt
     drill = _Drill(Path(path), scratch_url, options, progress)
     error: BackupError | None = None
     outcome = DRILL_OK
-    try:
-        drill.checksum()
-        if prepare is not None:
-            drill.prepare(prepare)
-        for step in (drill.schema, lambda: drill.restore(before_commit), drill.rows, drill.sequences,
-                     drill.migration):
-            step()
-    except StepFailed:
-        outcome = DRILL_FAILED
-    except BackupError as exc:
-        outcome, error = DRILL_ERROR, exc
+    with TreePeak() as tree:
+        try:
+            drill.checksum()
+            if prepare is not None:
+                drill.prepare(prepare)
+            for step in (drill.schema, lambda: drill.restore(before_commit), drill.rows, drill.sequences,
+                         drill.migration):
+                step()
+        except StepFailed:
+            outcome = DRILL_FAILED
+        except BackupError as exc:
+            outcome, error = DRILL_ERROR, exc
     report = _report(drill, location, outcome, error, started_at, time.monotonic() - started)
+    report.tree_peak_rss_bytes = tree.peak or None
     return DrillRun(report, error)
 
 
@@ -228,6 +230,6 @@ def _report(drill: _Drill, location: str, outcome: str, error: BackupError | Non
         backup_bytes=size, restore_s=restore_s,
         rows_per_s=round(restored.restored_rows / restore_s, 1) if restored and restore_s else None,
         bytes_per_s=round(size / restore_s, 1) if restore_s else None,
-        peak_rss_bytes=peak_rss_bytes(), children_peak_rss_bytes=children_peak_rss_bytes() or None,
+        peak_rss_bytes=peak_rss_bytes(),
         prepare_output=drill.prepare_output,
     )
