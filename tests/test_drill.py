@@ -130,7 +130,8 @@ def test_a_backup_tampered_after_writing_fails_the_drill_naming_the_table(pair, 
     assert done.returncode == 14, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     error, hint = done.stderr.strip().splitlines()
-    assert error.startswith(f"Error: drill of {backup.name} (local) FAILED at rows: 1 table differ")
+    assert error.startswith(f"Error: drill of {backup.name} (local) FAILED at rows: 1 table differs from the file "
+                            "after the restore")
     assert "prices: 1 missing, 1 extra" not in error and "prices: 1 changed" in error
     assert hint.startswith("Hint: The drill report")
     r = report_of(backup)
@@ -139,7 +140,7 @@ def test_a_backup_tampered_after_writing_fails_the_drill_naming_the_table(pair, 
     assert checks["checksum"]["ok"] and checks["schema"]["ok"] and checks["restore"]["ok"]
     assert checks["rows"]["ok"] is False and checks["rows"]["failures"] == ["prices: 1 changed"]
     assert [c["name"] for c in r["checks"]] == ["checksum", "schema", "restore", "rows"]  # stopped there
-    assert r["error"].startswith("rows: 1 table differ")
+    assert r["error"].startswith("rows: 1 table differs")
 
 
 def test_a_changed_row_in_a_table_without_a_primary_key_is_found_too(pair, backup_dir):

@@ -149,7 +149,7 @@ class _Drill:
             check.failures = failing[:MAX_FAILURES]
             check.ok = not failing
             check.detail = (f"row-level diff empty for all {len(d.tables)} tables ({d.total_backup_rows} rows)"
-                            if not failing else f"{len(failing)} table{'s' if len(failing) != 1 else ''} differ "
+                            if not failing else f"{len(failing)} table{'s differ' if len(failing) != 1 else ' differs'} "
                             "from the file after the restore")
 
     def sequences(self) -> None:
