@@ -24,8 +24,8 @@ import psycopg2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.harness.generators import mixed_sql  # noqa: E402
-from tests.test_torture_roundtrip import torture_sections  # noqa: E402
+from bench.harness.generators import mixed_sql
+from tests.test_torture_roundtrip import torture_sections
 
 ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@localhost:5432/postgres")
 CTL = str(Path(sys.executable).parent / "backupctl")

@@ -17,7 +17,7 @@ import pytest
 from backup_tasks import dsn
 from backup_tasks.cli.dispatch import follow, outcome
 from backup_tasks.pg.joblock import holders
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *
 from tests.celery_worker import VENV_BIN, Worker, backupctl, wait_for
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot
@@ -44,6 +44,7 @@ def result_of(app, task_id: str, timeout_s: float = 120) -> dict:
     return outcome(follow(app, task_id, timeout_s=timeout_s), task_id)
 
 
+@pytest.mark.s3
 def test_a_drill_through_the_worker_from_s3_uploads_its_report_beside_the_object(drill_env, s3_endpoint, s3_client,
                                                                                   tmp_path):
     celery_env, scratch = drill_env
@@ -133,7 +134,7 @@ def test_the_scheduled_drill_runs_once_per_slot_and_never_takes_productions_lock
 
 @pytest.mark.slow
 def test_beat_with_a_drill_cron_drills_the_newest_backup(drill_env, tmp_path):
-    celery_env, scratch = drill_env
+    celery_env, _scratch = drill_env
     env = {**celery_env.env, "BACKUP_DRILL_CRON": "* * * * *", "BACKUP_CRON": "0 0 1 1 *"}
     worker = Worker(env, tmp_path / "worker.log").wait_ready()
     beat_log = open(tmp_path / "beat.log", "wb")

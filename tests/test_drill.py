@@ -120,7 +120,7 @@ def tamper(backup: Path, old: bytes, new: bytes) -> None:
 
 
 def test_a_backup_tampered_after_writing_fails_the_drill_naming_the_table(pair, backup_dir):
-    prod, scratch = pair(SMALL_SCHEMA, SMALL_DATA)
+    _prod, _scratch = pair(SMALL_SCHEMA, SMALL_DATA)
     backup = Path(run_job("create", {})["path"])
     # A price with a third decimal: numeric(8,2) rounds it when the row is restored, so the database does not hold
     # what the file says. The checksum (recomputed) and the restore (which commits) both pass.
@@ -144,7 +144,7 @@ def test_a_backup_tampered_after_writing_fails_the_drill_naming_the_table(pair, 
 
 
 def test_a_changed_row_in_a_table_without_a_primary_key_is_found_too(pair, backup_dir):
-    prod, scratch = pair(SMALL_SCHEMA, SMALL_DATA)
+    _prod, _scratch = pair(SMALL_SCHEMA, SMALL_DATA)
     backup = Path(run_job("create", {})["path"])
     # A timestamptz written with another offset: the same instant, stored and printed as +00. The file's row is
     # not what the database holds as text, so the proof fails (the file is not the backup's own output).
@@ -157,7 +157,7 @@ def test_a_changed_row_in_a_table_without_a_primary_key_is_found_too(pair, backu
 
 
 def test_a_tampered_file_whose_manifest_was_left_is_caught_by_the_checksum_step(pair, backup_dir):
-    prod, scratch = pair(SMALL_SCHEMA, SMALL_DATA)
+    _prod, scratch = pair(SMALL_SCHEMA, SMALL_DATA)
     backup = Path(run_job("create", {})["path"])
     text = gzip.decompress(backup.read_bytes())
     backup.write_bytes(gzip.compress(text.replace(b'"item 7","8.75"', b'"item 7","9.75"')))
@@ -171,7 +171,7 @@ def test_a_tampered_file_whose_manifest_was_left_is_caught_by_the_checksum_step(
 
 
 def test_a_scratch_database_with_a_dropped_column_fails_naming_it_and_is_not_changed(pair, backup_dir):
-    prod, scratch = pair(SMALL_SCHEMA, SMALL_DATA)
+    _prod, scratch = pair(SMALL_SCHEMA, SMALL_DATA)
     backup = Path(run_job("create", {})["path"])
     run_sql(scratch, "ALTER TABLE prices DROP COLUMN note; INSERT INTO prices (item) VALUES ('kept');")
     before = snapshot(scratch)
@@ -188,7 +188,7 @@ def test_a_scratch_database_with_a_dropped_column_fails_naming_it_and_is_not_cha
 
 @pytest.mark.parametrize("form", ["url", "keywords", "localhost-alias"])
 def test_the_production_database_as_scratch_is_refused_and_nothing_changes(pair, backup_dir, form):
-    prod, scratch = pair(SMALL_SCHEMA, SMALL_DATA)
+    prod, _scratch = pair(SMALL_SCHEMA, SMALL_DATA)
     backup = Path(run_job("create", {})["path"])
     name = prod.rsplit("/", 1)[1]
     as_scratch = {"url": prod, "keywords": f"host=localhost port=5432 dbname={name} user=postgres password=s3cret",
@@ -207,7 +207,7 @@ def test_the_production_database_as_scratch_is_refused_and_nothing_changes(pair,
 
 
 def test_the_database_the_backup_came_from_is_refused_as_scratch(pair, make_db, backup_dir, monkeypatch):
-    prod, scratch = pair(SMALL_SCHEMA, SMALL_DATA)
+    prod, _scratch = pair(SMALL_SCHEMA, SMALL_DATA)
     backup = Path(run_job("create", {})["path"])
     _, other = make_db()  # production has moved; the old database still exists
     before = snapshot(prod)
@@ -244,7 +244,7 @@ def test_the_prepare_command_brings_the_scratch_schema_up_and_its_output_is_kept
     r = report_of(backup)
     assert r["checks"][1]["name"] == "prepare" and r["checks"][1]["ok"]
     assert r["prepare_output"].strip() == f"migrated {scratch.rsplit('/', 1)[1]}"  # ran on the scratch database
-    assert not query(prod, "SELECT 1 FROM pg_tables WHERE tablename = 'log' AND schemaname = 'public'") == []
+    assert query(prod, "SELECT 1 FROM pg_tables WHERE tablename = 'log' AND schemaname = 'public'") != []
 
     # A prepare command that fails (or hangs past its timeout) fails the drill, its output in the report.
     done = backupctl("drill", "--local", env_extra={"DRILL_PREPARE_COMMAND": f"{sys.executable} -c "
@@ -257,7 +257,7 @@ def test_the_prepare_command_brings_the_scratch_schema_up_and_its_output_is_kept
 
 
 def test_check_max_drill_age_exits_13_without_a_recent_successful_drill(pair, backup_dir):
-    prod, scratch = pair(SMALL_SCHEMA, SMALL_DATA)
+    _prod, _scratch = pair(SMALL_SCHEMA, SMALL_DATA)
     backup = Path(run_job("create", {})["path"])
     done = backupctl("check", "--max-drill-age", "8d", "--local")
     assert done.returncode == 13 and "no successful restore drill found" in done.stderr

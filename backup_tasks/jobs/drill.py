@@ -13,9 +13,10 @@ import os
 import shlex
 import subprocess
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .. import databases, dsn
 from ..archive.reader import read_metadata
@@ -76,7 +77,7 @@ def run_prepare(command: str, scratch: str, timeout_s: float) -> Prepared:
     env = {**os.environ, "DATABASE_URL": scratch}
     started = time.monotonic()
     try:
-        done = subprocess.run(shlex.split(command), env=env, capture_output=True, timeout=timeout_s,
+        done = subprocess.run(shlex.split(command), env=env, capture_output=True, timeout=timeout_s, check=False,
                               stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired as exc:
         output = _text(exc.stdout) + _text(exc.stderr)
