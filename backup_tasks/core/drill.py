@@ -160,7 +160,8 @@ class _Drill:
                      f"{(s.last_value, s.is_called)} in the backup" for s in recorded
                      if facts.sequences.get((s.schema_name, s.name)) != (s.last_value, s.is_called)]
             check.failures, check.ok = wrong[:MAX_FAILURES], not wrong
-            check.detail = f"{len(recorded)} sequences as recorded" if not wrong else f"{len(wrong)} differ"
+            check.detail = (f"{len(recorded)} sequence{'s' if len(recorded) != 1 else ''} as recorded" if not wrong
+                            else f"{len(wrong)} differ from the backup's")
 
     def migration(self) -> None:
         with self.step("migration_version") as check:

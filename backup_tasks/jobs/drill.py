@@ -21,6 +21,7 @@ from typing import Any
 from .. import databases, dsn
 from ..archive.reader import read_metadata
 from ..core.drill import Prepared, run_drill
+from ..databases.model import DEFAULT_NAME
 from ..errors import ConfigError, DrillFailedError, InvalidBackupError, NotFoundError, UsageError
 from ..models import DRILL_FAILED, DrillReport
 from ..names import sidecar_path
@@ -49,13 +50,15 @@ def refuse_production(scratch: str, db: Database) -> None:
     """The scratch database may be overwritten: never a database this deployment backs up (same host, port and
     database name, however either URL is written: URL or key=value form, localhost or 127.0.0.1)."""
     target = dsn.parse(scratch)
-    candidates = [(f"the database {db.name} ({db.url_variable})", db.url), ("DATABASE_URL", db.config.database_url)]
-    candidates += [(f"the database {other.name} ({other.url_variable})", other.config.database_url)
-                   for other in databases.deployment().databases.values() if not other.url_error]
-    for what, url in candidates:
+    deployment = databases.deployment()
+    candidates = [(db.name, db.url_variable, db.url), (DEFAULT_NAME, "DATABASE_URL", deployment.settings.database_url)]
+    candidates += [(other.name, other.url_variable, other.config.database_url)
+                   for other in deployment.databases.values() if not other.url_error]
+    for name, variable, url in candidates:
         if url and target.same_database(dsn.parse(url)):
-            raise ConfigError(f"refusing to drill into {target.describe()}: it is {what}, the production database; "
-                              "nothing was changed", hint=SCRATCH_HINT)
+            which = "" if name == DEFAULT_NAME else f" {name}"
+            raise ConfigError(f"refusing to drill into {target.describe()}: it is the production database{which} "
+                              f"({variable}); nothing was changed", hint=SCRATCH_HINT)
 
 
 def refuse_backup_source(scratch: str, database_name: str | None, database_host: str | None) -> None:
