@@ -74,6 +74,10 @@ def test_a_drill_report_and_a_listings_last_drill_render_from_their_dicts(capsys
     assert "  checksum           ok      sha256 ab matches (0.10 s)\n" in out and "  rows               not run" in out
     assert "Restored 3 tables, 12,000 rows in 1.50 s, 8,000 rows/s, 2.00 KB/s; drill 2.50 s in all" in out
     assert "Peak memory: process 64.00 MB\n" in out and "Server 15.20 (backup from 15.19), tool 0.2.0" in out
+    from backup_tasks.cli.job_commands import summary
+
+    assert summary({**report.model_dump(mode="json"), "job": "drill"}) == \
+        "drill of backup_20261202_020000.backup.gz (s3): ok, 12000 rows"
     listing = ListingJobResult(location="local", where="/b", backups=[
         StoredBackup(name="backup_20250101_000000.backup.gz", size=10, created_at=when,
                      drill=DrillStatus(outcome="failed", finished_at=when), migration_version="abc"),

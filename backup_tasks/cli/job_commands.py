@@ -10,11 +10,12 @@ import click
 
 from .. import dsn
 from ..errors import ConfigError, DrillStaleError, QueueError, StaleBackupError
-from ..jobs.results import CreateJobResult, ListingJobResult, ScheduledBackupResult
+from ..jobs.results import (CreateJobResult, DrillJobResult, ListingJobResult, ScheduledBackupResult,
+                            ScheduledDrillResult)
 from ..units import format_bytes
 from . import cli
 from .common import db_option, run_job
-from .render import as_model, render_result, summary_of_scheduled
+from .render import as_model, render_result, summary_of_drill, summary_of_scheduled
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
 _UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -63,6 +64,11 @@ def summary(result: Any) -> str:
         return f"backup {created.name}: {created.total_rows} rows, {format_bytes(created.compressed_bytes)}"
     if job == "scheduled_backup":
         return summary_of_scheduled(as_model(ScheduledBackupResult, result))
+    if job == "drill":
+        drilled = as_model(DrillJobResult, result)
+        return f"drill of {drilled.backup} ({drilled.location}): {drilled.outcome}, {drilled.rows} rows"
+    if job == "scheduled_drill":
+        return summary_of_drill(as_model(ScheduledDrillResult, result))
     if job in ("list_local", "list_s3"):
         listing = as_model(ListingJobResult, result)
         return f"{len(listing.backups)} backups in {listing.where}"

@@ -125,8 +125,8 @@ def newest_backup(storage: Any) -> str:
 
 @contextmanager
 def _backup_file(db: Database, file: str | None, location: str, allow_paths: bool, progress: ProgressFn
-                 ) -> Iterator[tuple[Path, Any]]:
-    """(the local path of the backup to drill, how to store its report)."""
+                 ) -> Iterator[tuple[Path, Any, str]]:
+    """(the local path of the backup to drill, how to store its report, where the report goes)."""
     from .db import resolve_backup_file
     from .storage import downloaded_to_temp
 
@@ -135,11 +135,11 @@ def _backup_file(db: Database, file: str | None, location: str, allow_paths: boo
         storage = s3_storage(config)
         name = file or newest_backup(storage)
         with downloaded_to_temp(name, progress, db) as (path, _):
-            yield path, lambda data: storage.put_sidecar(name, "drill", data)
+            yield path, lambda data: storage.put_sidecar(name, "drill", data), storage.url(name) + ".drill.json"
         return
     name = file or newest_backup(local_storage(config))
     path = resolve_backup_file(name, config.BACKUP_DIR, allow_paths=allow_paths)
-    yield path, lambda data: _write_beside(path, data)
+    yield path, lambda data: _write_beside(path, data), str(sidecar_path(path, "drill"))
 
 
 def _write_beside(path: Path, data: bytes) -> None:
@@ -158,7 +158,7 @@ def drill(*, db: Database, file: str | None = None, source: str | None = None, s
     scratch = scratch_url_of(db, scratch_url)
     refuse_production(scratch, db)  # before anything is downloaded, read or written
     location = _location(settings, file, source, settings.BACKUP_DIR)
-    with _backup_file(db, file, location, allow_paths, progress) as (path, store_report):
+    with _backup_file(db, file, location, allow_paths, progress) as (path, store_report, where):
         try:
             meta = read_metadata(path, settings.BACKUP_MAX_LINE_BYTES)
         except InvalidBackupError:
@@ -176,13 +176,7 @@ def drill(*, db: Database, file: str | None = None, source: str | None = None, s
         raise run.error
     if report.outcome == DRILL_FAILED:
         raise DrillFailedError(failure_message(report, location))
-    return DrillJobResult(**report.model_dump(), report=_report_where(path, location, db)).model_dump(mode="json")
-
-
-def _report_where(path: Path, location: str, db: Database) -> str:
-    name = sidecar_path(path, "drill").name
-    return f"{s3_storage(db.config).location().rstrip('/')}/{name}" if location == "s3" else str(
-        sidecar_path(path, "drill"))
+    return DrillJobResult(**report.model_dump(), report=where).model_dump(mode="json")
 
 
 def failure_message(report: DrillReport, location: str) -> str:
