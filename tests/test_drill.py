@@ -204,6 +204,9 @@ def test_the_production_database_as_scratch_is_refused_and_nothing_changes(pair,
     # --scratch-url is checked the same way.
     done = backupctl("drill", "--local", "--scratch-url", as_scratch)
     assert done.returncode == 2 and "refusing" in done.stderr
+    if form == "keywords":  # a URL with a password never goes to the broker (refused before any job is sent)
+        done = backupctl("drill", "--scratch-url", as_scratch)
+        assert done.returncode == 2 and "a --scratch-url with a password is not sent to a worker" in done.stderr
 
 
 def test_the_database_the_backup_came_from_is_refused_as_scratch(pair, make_db, backup_dir, monkeypatch):
