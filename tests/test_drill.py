@@ -168,6 +168,11 @@ def test_a_tampered_file_whose_manifest_was_left_is_caught_by_the_checksum_step(
     assert "FAILED at checksum: the manifest records another SHA-256" in done.stderr
     assert [c["name"] for c in report_of(backup)["checks"]] == ["checksum"]
     assert snapshot(scratch) == scratch_before  # nothing restored
+    # Changed without even recomputing the sidecar: the checksum step refuses it the same way.
+    backup.write_bytes(gzip.compress(text))
+    done = backupctl("drill", backup.name, "--local")
+    assert done.returncode == 14 and "FAILED at checksum:" in done.stderr and "SHA-256" in done.stderr, done.stderr
+    assert report_of(backup)["checks"][0]["ok"] is False and snapshot(scratch) == scratch_before
 
 
 def test_a_scratch_database_with_a_dropped_column_fails_naming_it_and_is_not_changed(pair, backup_dir):
