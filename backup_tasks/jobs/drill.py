@@ -165,11 +165,11 @@ def drill(*, db: Database, file: str | None = None, source: str | None = None, s
             pass  # no restore can start from it either: the drill's checksum or restore step reports why
         else:
             refuse_backup_source(scratch, meta.database_name, meta.database_host)
-        prepare = settings.DRILL_PREPARE_COMMAND
+        command = (settings.DRILL_PREPARE_COMMAND or "").strip()
+        prepare = (lambda: run_prepare(command, scratch, settings.DRILL_PREPARE_TIMEOUT_S)) if command else None
         with database_lock(scratch, EXCLUSIVE, "drill") as lock:
             run = run_drill(path, scratch_url=scratch, location=location, options=engine_options(settings),
-                            prepare=(lambda: run_prepare(prepare, scratch, settings.DRILL_PREPARE_TIMEOUT_S))
-                            if prepare and prepare.strip() else None, progress=progress, before_commit=lock.check)
+                            prepare=prepare, progress=progress, before_commit=lock.check)
         report = run.report
         store_report(report.model_dump_json(indent=1).encode() + b"\n")
     if run.error is not None:
