@@ -306,3 +306,23 @@ def test_each_database_of_a_file_drills_into_its_own_scratch_and_never_into_anot
     done = backupctl("--db", "orders", "drill", "--local", env_extra={"ORDERS_DRILL_URL": billing})
     assert done.returncode == 2 and "it is the production database billing (BILLING_URL)" in done.stderr
     assert snapshot(billing) == before
+
+
+def test_make_db_backup_drill_drills_the_newest_backup_or_the_file_given(pair, backup_dir):
+    import os
+
+    prod, scratch = pair(SMALL_SCHEMA, SMALL_DATA)
+    first = Path(run_job("create", {})["path"])
+    env = {**os.environ, "LOCAL": "1"}
+
+    def make(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["make", "--no-print-directory", "db:backup:drill", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+    done = make()
+    assert done.returncode == 0, done.stderr
+    assert f"Drill of {first.name} (local)" in done.stdout and report_of(first)["ok"] is True
+    assert_same(snapshot(prod), snapshot(scratch))
+    run_sql(scratch, "ALTER TABLE prices DROP COLUMN note")
+    done = make(f"FILE={first.name}")
+    assert done.returncode != 0 and "schema drift" in done.stderr and report_of(first)["ok"] is False
