@@ -23,6 +23,9 @@ class ExitCode(IntEnum):
     QUEUE = 9  # broker or worker unreachable
     ABORTED = 10  # the user declined, or no terminal to confirm on
     STALE = 11  # `check`: the newest good backup is too old
+    # 12 belongs to the age encryption branch.
+    DRILL_STALE = 13  # `check --max-drill-age`: the newest successful restore drill is too old, or there is none
+    DRILL_FAILED = 14  # a restore drill ran and the backup did not restore exactly (report next to the backup)
     INTERRUPTED = 130
 
 
@@ -119,6 +122,19 @@ class AbortedError(BackupError):
 
 class StaleBackupError(BackupError):
     exit_code = ExitCode.STALE
+
+
+class DrillStaleError(BackupError):
+    exit_code = ExitCode.DRILL_STALE
+    default_hint = ("Run `backupctl drill` (or set BACKUP_DRILL_CRON for Beat) and look at the last drill reports "
+                    "(`backupctl list`).")
+
+
+class DrillFailedError(BackupError):
+    """A drill ran to its end (or to the failing step) and found the backup does not restore exactly."""
+
+    exit_code = ExitCode.DRILL_FAILED
+    default_hint = "The drill report (<backup>.drill.json, next to the backup) lists every failing check."
 
 
 def from_dict(payload: dict) -> BackupError:
