@@ -23,6 +23,7 @@ class ExitCode(IntEnum):
     QUEUE = 9  # broker or worker unreachable
     ABORTED = 10  # the user declined, or no terminal to confirm on
     STALE = 11  # `check`: the newest good backup is too old
+    DECRYPTION = 12  # encrypted backup: no identity, a wrong one, or ciphertext that fails authentication
     INTERRUPTED = 130
 
 
@@ -119,6 +120,14 @@ class AbortedError(BackupError):
 
 class StaleBackupError(BackupError):
     exit_code = ExitCode.STALE
+
+
+class DecryptionError(BackupError):
+    """An age-encrypted backup that cannot be decrypted: no identity configured, none that matches, or
+    ciphertext that fails authentication. Nothing was changed."""
+
+    exit_code = ExitCode.DECRYPTION
+    default_hint = "Set BACKUP_AGE_IDENTITY_FILE to an identity the backup was encrypted for."
 
 
 def from_dict(payload: dict) -> BackupError:

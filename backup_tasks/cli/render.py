@@ -69,6 +69,9 @@ def render_create(r: CreateJobResult) -> None:
     for item in r.not_included:
         click.echo(f"Not included: {item.kind} {item.name} ({item.reason})")
     click.echo(f"Backup size: {format_bytes(r.uncompressed_bytes)} → {format_bytes(r.compressed_bytes)} (compressed)")
+    if r.recipients:
+        count = len(r.recipients)
+        click.echo(f"Encrypted with age to {count} recipient{'s' if count != 1 else ''}: {', '.join(r.recipients)}")
     if r.parts > 1:
         writers = f" by {r.part_writers} process{'es' if r.part_writers != 1 else ''}" if r.part_writers else ""
         click.echo(f"Written in {r.parts} parts{writers}, in one snapshot")

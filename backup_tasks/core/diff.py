@@ -37,7 +37,8 @@ def calculate_diff(backup_path: Path, *, database_url: str, detailed: bool = Tru
     """What restoring the backup into `database_url` would change. `source` (an open_source() of the same file)
     spares a second checksum pass; large_objects: count them too (default: unless `tables` selects tables)."""
     pin_mmap_threshold()
-    source = source or open_source(Path(backup_path), options.max_line_bytes, refuse_mismatch=False)
+    source = source or open_source(Path(backup_path), options.max_line_bytes, refuse_mismatch=False,
+                                   keys=options.keys)
     selected = set(tables) if tables else None
     report = Throttle(progress)
     with diff_session(database_url) as db:
@@ -61,7 +62,7 @@ def _counts(source: BackupSource, report: Throttle) -> Contents:
     def on_progress(reader, header, rows) -> None:
         report(Progress("diff", header.key, rows, None, reader.compressed_done, reader.compressed_size))
 
-    return scan(source.path, source.max_line, on_progress, parse_rows=False)
+    return scan(source.path, source.max_line, on_progress, parse_rows=False, keys=source.keys)
 
 
 def _objects_diff(source: BackupSource, current: int, detail: tuple[int, int] | None) -> TableDiff | None:
@@ -416,7 +417,8 @@ class _DetailedDiff:
         database = _DatabaseRows(stream)
         try:
             headers = []
-            with BackupReader(self.source.path, self.max_line, parse_rows=not self.source.trusted) as reader:
+            with BackupReader(self.source.path, self.max_line, parse_rows=not self.source.trusted,
+                              keys=self.source.keys) as reader:
                 for table_rows in reader.tables():
                     if table_rows.header.kind == LARGE_OBJECTS:
                         yield from self._objects(table_rows)

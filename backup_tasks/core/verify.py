@@ -6,10 +6,11 @@ from pathlib import Path
 
 from ..archive.reader import scan
 from ..checksum import check_recorded, read_sidecar, sha256_file
-from ..errors import BackupError, IntegrityError
+from ..errors import BackupError, DecryptionError, IntegrityError
 from ..models import VerifyResult
 from ..progress import Progress, ProgressFn, Throttle
 from .options import EngineOptions
+from .source import with_recipients_hint
 
 
 def verify_backup(path: Path, *, progress: ProgressFn | None = None, require_checksum: bool = False,
@@ -28,7 +29,10 @@ def verify_backup(path: Path, *, progress: ProgressFn | None = None, require_che
     def on_progress(reader, header, rows) -> None:
         report(Progress("verify", header.key, rows, None, reader.compressed_done, reader.compressed_size))
 
-    contents = scan(path, options.max_line_bytes, on_progress)
+    try:
+        contents = scan(path, options.max_line_bytes, on_progress, keys=options.keys)
+    except DecryptionError as exc:
+        raise with_recipients_hint(exc, path, options.keys) from None
     report.flush()
     meta = contents.metadata
     return VerifyResult(
