@@ -333,3 +333,62 @@ def test_gzip_of_a_decrypted_file_is_one_standard_stream(encrypted_backup, keys)
     plain = subprocess.run([AGE, "-d", "-i", str(keys["file"]), str(path)], capture_output=True, check=True).stdout
     with gzip.open(io.BytesIO(plain)) as f:
         assert f.readline().startswith(b'{"metadata":')
+
+
+# --- the parallel backup: its parts are never plaintext in their store --------------------------------------
+
+from backup_tasks.core.destination import LocalPartStore  # noqa: E402
+from backup_tasks.core.parallel import ProcessRunner, run_parallel_backup  # noqa: E402
+
+PART_HEADS: list[bytes] = []
+
+
+class SpyPartStore(LocalPartStore):
+    """Remembers the first bytes of every part the coordinator reads back (in the coordinator's process)."""
+
+    def read(self, output: str):
+        first = True
+        for chunk in super().read(output):
+            if first:
+                PART_HEADS.append(bytes(chunk[: len(MAGIC)]))
+                first = False
+            yield chunk
+
+
+def test_parallel_backup_parts_are_encrypted_in_their_store_and_the_file_is_one_age_stream(shop, backup_dir, keys):
+    PART_HEADS.clear()
+    before = snapshot(shop)
+    options = EngineOptions(split_min_bytes=256 << 10, keys=Keys(recipients=(keys["public"],)))
+    result = run_parallel_backup(backup_dir, database_url=shop, runner=ProcessRunner(2, SpyPartStore(backup_dir), "t"),
+                                 options=options)
+    assert result.parts > 2 and len(PART_HEADS) == result.parts
+    assert set(PART_HEADS) == {MAGIC}  # every part was age ciphertext at rest
+    path = Path(result.path)
+    assert result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    plain = subprocess.run([AGE, "-d", "-i", str(keys["file"]), str(path)], capture_output=True, check=True).stdout
+    assert {k: len(v["data"]) for k, v in json.loads(gzip.decompress(plain))["tables"].items()} == {
+        "items": 50000, "notes": 2}
+    run_sql(shop, "DELETE FROM items WHERE id % 4 = 0")
+    restore_backup(path, database_url=shop, show_diff=False, options=EngineOptions(keys=Keys(identity_file=keys["file"])))
+    assert_same(before, snapshot(shop))
+
+
+@pytest.mark.s3
+def test_parallel_backup_streamed_to_s3_encrypted_leaves_nothing_on_disk(shop, s3_bucket, s3_client, keys, tmp_path):
+    backup_dir = Path(os.environ["BACKUP_DIR"])
+    env = cli_env(shop, backup_dir, BACKUP_AGE_RECIPIENTS=keys["public"], TMPDIR=str(tmp_path),
+                  BACKUP_SPLIT_MIN_BYTES=str(1 << 20))
+    before = snapshot(shop)
+    made, written = audited(env, "create", "--local", "--to", "s3", "--jobs", "3")
+    assert made.returncode == 0, made.stderr
+    assert [w for w in written if w.startswith((str(backup_dir), str(tmp_path)))] == []
+    keys_stored = sorted(o["Key"] for o in s3_client.list_objects_v2(Bucket=s3_bucket).get("Contents", []))
+    (name,) = [k.removeprefix("backups/") for k in keys_stored if k.endswith(".backup.gz.age")]
+    assert keys_stored == [f"backups/{name}", f"backups/{name}.manifest.json"]  # no part object left
+    body = s3_client.get_object(Bucket=s3_bucket, Key=f"backups/{name}")
+    data = body["Body"].read()
+    assert data.startswith(MAGIC) and body["Metadata"]["sha256"] == hashlib.sha256(data).hexdigest()
+    run_sql(shop, "DELETE FROM items WHERE id % 3 = 0")
+    restored = ctl({**env, "BACKUP_AGE_IDENTITY_FILE": str(keys["file"])}, "restore-s3", name, "--yes", "--local")
+    assert restored.returncode == 0, restored.stderr
+    assert_same(before, snapshot(shop))

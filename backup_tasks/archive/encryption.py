@@ -345,3 +345,55 @@ def write_identity_file(path: Path, text: str) -> None:
         f.write(text)
         f.flush()
         os.fsync(f.fileno())
+
+
+class _ChunksRaw(io.RawIOBase):
+    """An iterator of byte chunks as a readable raw stream (pyrage reads file-likes only)."""
+
+    def __init__(self, chunks: Iterable[bytes]):
+        self._chunks = iter(chunks)
+        self._pending = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._pending:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return b""
+            self._pending = memoryview(chunk)
+        n = len(self._pending) if n is None or n < 0 else n
+        out, self._pending = self._pending[:n], self._pending[n:]
+        return bytes(out)
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class PartKey:
+    """A key pair made for one parallel backup, so its parts are never plaintext in their part store (hidden
+    files, temporary S3 objects) either: the part writers get the public key (`recipient`, in the PartTask), the
+    secret stays in the coordinator's memory and dies with it. The coordinator decrypts each part as it appends
+    it to the backup's own age stream."""
+
+    def __init__(self) -> None:
+        self._identity = x25519.Identity.generate()
+        self.recipient = str(self._identity.to_public())
+
+    def __repr__(self) -> str:
+        return f"PartKey(recipient={self.recipient})"
+
+    def __reduce__(self):
+        raise TypeError("a PartKey never leaves the coordinator's process")
+
+    def open(self, chunks: Iterable[bytes], name: str) -> Iterable[bytes]:
+        """The plaintext of a part, from its ciphertext's chunks."""
+        reader = DecryptingReader(_ChunksRaw(chunks), [self._identity], name)
+        try:
+            while data := reader.read(1 << 20):
+                yield data
+        finally:
+            reader.close()

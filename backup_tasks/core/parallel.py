@@ -25,6 +25,7 @@ from isal import igzip
 from .. import dsn, errors
 from ..archive import document
 from ..archive.reader import LARGE_OBJECT_COLUMNS, LARGE_OBJECTS
+from ..archive.encryption import PartKey
 from ..archive.writer import Sink
 from ..errors import BackupError
 from ..memory import pin_mmap_threshold
@@ -266,12 +267,15 @@ def run_parallel_backup(output_dir: Path | None = None, *, database_url: str, ru
         metadata = backup_metadata(snap, dsn.parse(database_url).host)
         cur = conn.cursor()
         plan = plan_backup(cur, snap, metadata_document(metadata), options, conn.server_version)
-        task = PartTask(database_url, export_snapshot(cur), options.compress_level, options.batch_bytes)
+        part_key = PartKey() if options.keys.encrypts else None
+        task = PartTask(database_url, export_snapshot(cur), options.compress_level, options.batch_bytes,
+                        seal_to=part_key.recipient if part_key else None)
         with writing(destination):
             # Encrypted, the assembled stream is one age stream (the parts stay plain gzip in their part store, which
             # is the job's own temporary space): the file stays one standard age file.
             sink = begin_sealed(destination, snap.taken_at, snap.migration_version, options.keys)
-            assembly = Assembly(plan, sink, options.compress_level, runner.read, runner.remove)
+            read = (lambda output: part_key.open(runner.read(output), "a part")) if part_key else runner.read
+            assembly = Assembly(plan, sink, options.compress_level, read, runner.remove)
             done = _Counter(report, sum(t.estimated_rows for t in snap.catalog.tables) or None)
             try:
                 runner.run(plan.parts, task, assembly.add, lambda: keep_alive(conn), done.add)
