@@ -24,7 +24,9 @@ import pytest
 
 from backup_tasks.archive.encryption import MAGIC, Keys, parse_recipients
 from backup_tasks.core import create_backup, restore_backup
+from backup_tasks.core.destination import LocalPartStore
 from backup_tasks.core.options import EngineOptions
+from backup_tasks.core.parallel import ProcessRunner, run_parallel_backup
 from backup_tasks.errors import ConfigError, DecryptionError, ExitCode
 from backup_tasks.names import is_backup_name, is_encrypted_name, parse_sidecar
 from tests.conftest import run_sql
@@ -256,7 +258,7 @@ def test_keygen_writes_a_private_identity_the_age_cli_reads_and_never_overwrites
 
 
 def test_an_identity_file_with_a_bad_line_is_refused_without_quoting_it(encrypted_backup, tmp_path):
-    url, path, env = encrypted_backup
+    _, path, env = encrypted_backup
     bad = tmp_path / "bad.txt"
     bad.write_text("AGE-SECRET-KEY-1NOTAVALIDKEYBUTASECRETLOOKINGLINE\n")
     result = ctl({**env, "BACKUP_AGE_IDENTITY_FILE": str(bad)}, "restore", path.name, "--yes", "--local")
@@ -336,9 +338,6 @@ def test_gzip_of_a_decrypted_file_is_one_standard_stream(encrypted_backup, keys)
 
 
 # --- the parallel backup: its parts are never plaintext in their store --------------------------------------
-
-from backup_tasks.core.destination import LocalPartStore  # noqa: E402
-from backup_tasks.core.parallel import ProcessRunner, run_parallel_backup  # noqa: E402
 
 PART_HEADS: list[bytes] = []
 

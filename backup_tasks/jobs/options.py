@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from ..archive.encryption import Keys, parse_recipients
 from ..core.options import EngineOptions
-from ..errors import ConfigError
 from ..databases import Database
+from ..errors import ConfigError
 from ..settings import Settings
 
 
