@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, Iterable
 import pyrage
 from pyrage import x25519
 
-from ..errors import ConfigError, DecryptionError
+from ..errors import BackupError, ConfigError, DecryptionError
 
 MAGIC = b"age-encryption.org/v1\n"  # every binary age file starts so; the header names no recipient
 PIPE_BYTES = 1 << 20
@@ -256,10 +256,11 @@ class EncryptingSink:
         return len(data)
 
     def _raise(self) -> None:
+        """The sink's own failure as it was (a full disk, an S3 error), else pyrage's as an OSError of writing."""
         error = self.error
-        if isinstance(error, (OSError, _Cancelled)) or not isinstance(error, Exception):
-            raise error or OSError("encryption stopped")
-        raise OSError(f"age encryption failed: {error}")
+        if isinstance(error, (OSError, BackupError)) or (error is not None and not isinstance(error, Exception)):
+            raise error
+        raise OSError(f"age encryption failed: {error or 'stopped'}")
 
     def finish(self) -> None:
         self._pipe.close()
