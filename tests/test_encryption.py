@@ -368,7 +368,8 @@ def test_parallel_backup_parts_are_encrypted_in_their_store_and_the_file_is_one_
     assert {k: len(v["data"]) for k, v in json.loads(gzip.decompress(plain))["tables"].items()} == {
         "items": 50000, "notes": 2}
     run_sql(shop, "DELETE FROM items WHERE id % 4 = 0")
-    restore_backup(path, database_url=shop, show_diff=False, options=EngineOptions(keys=Keys(identity_file=keys["file"])))
+    restore_backup(path, database_url=shop, show_diff=False,
+                   options=EngineOptions(keys=Keys(identity_file=keys["file"])))
     assert_same(before, snapshot(shop))
 
 

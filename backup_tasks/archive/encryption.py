@@ -59,7 +59,8 @@ def parse_recipients(text: str, where: str) -> tuple[str, ...]:
         except Exception:  # noqa: BLE001 - pyrage.RecipientError and ValueError alike
             shown = key if key.startswith("age1") else key[:8] + "…"  # a pasted secret key is never echoed
             raise ConfigError(f"{where}: not an age public key: {shown}",
-                              hint="A recipient is the `age1…` line `backupctl keygen` or `age-keygen -y` prints.") from None
+                              hint="A recipient is the `age1…` line `backupctl keygen` or `age-keygen -y` prints."
+                              ) from None
     return tuple(dict.fromkeys(keys))
 
 
@@ -86,7 +87,8 @@ def load_identities(path: Path | None) -> list[Any]:
         raise DecryptionError(f"age identity file not found: {path}",
                               hint="Check BACKUP_AGE_IDENTITY_FILE; `backupctl keygen` makes a new one.") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DecryptionError(f"cannot read the age identity file {path}: {getattr(exc, 'strerror', None) or 'not text'}",
+        why = getattr(exc, "strerror", None) or "not text"
+        raise DecryptionError(f"cannot read the age identity file {path}: {why}",
                               hint="Check BACKUP_AGE_IDENTITY_FILE and its permissions.") from None
     identities = []
     for line in text.splitlines():

@@ -31,7 +31,8 @@ def keygen_cmd(output: Path | None) -> None:
         write_identity_file(output, text)
     except FileExistsError:
         raise UsageError(f"{output} already exists; refusing to overwrite an identity",
-                         hint="Replacing an identity loses the backups encrypted to it: choose another --output.") from None
+                         hint="Replacing an identity loses the backups encrypted to it: choose another --output."
+                         ) from None
     except OSError as exc:
         raise StorageError(f"cannot write {output}: {exc.strerror or exc}") from None
     click.echo(f"Public key: {public}")

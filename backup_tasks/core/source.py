@@ -68,7 +68,8 @@ def with_recipients_hint(exc: DecryptionError, path: Path, keys: Keys) -> Decryp
     if "no identity" not in exc.message:
         return exc
     manifest = read_manifest(path)
-    made_for = ", ".join(manifest.recipients) if manifest is not None and manifest.recipients else "unknown (no manifest)"
+    recorded = manifest.recipients if manifest is not None else []
+    made_for = ", ".join(recorded) or "unknown (no manifest records them)"
     have = ", ".join(public_keys(keys.identity_file)) or "none"
     return DecryptionError(exc.message, hint=f"It was encrypted for: {made_for}. BACKUP_AGE_IDENTITY_FILE holds: "
                                              f"{have}. Point it at an identity file of one of those recipients.")
