@@ -181,3 +181,4 @@ class VerifyResult(BaseModel):
     sha256: str | None = None
     checksum: str = "unknown"  # "ok" | "missing" (no sidecar recorded) | "mismatch"
     problems: list[str] = Field(default_factory=list)
+    encrypted: bool = False  # an age file (decrypted and authenticated to its end by the verification)

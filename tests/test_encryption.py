@@ -174,6 +174,7 @@ def test_a_file_encrypted_by_the_age_cli_from_our_plain_backup_restores(shop, ba
     env["BACKUP_AGE_IDENTITY_FILE"] = str(keys["file"])
     verified = ctl(env, "verify", encrypted.name, "--local")
     assert verified.returncode == 0 and "rows: 50002" in verified.stdout, verified.stderr
+    assert "encryption: age, every chunk authenticated" in verified.stdout
     restored = ctl(env, "restore", encrypted.name, "--yes", "--local")
     assert restored.returncode == 0, restored.stderr
     assert_same(before, snapshot(shop))

@@ -183,6 +183,8 @@ def render_verify(v: VerifyJobResult) -> None:
     click.echo(f"  tables: {v.tables}, rows: {v.rows}, uncompressed: {format_bytes(v.uncompressed_bytes)}")
     checksum = {"ok": "matches the recorded SHA-256", "missing": "no SHA-256 recorded (sidecar missing)"}
     click.echo(f"  checksum: {checksum.get(v.checksum, v.checksum)}")
+    if v.encrypted:
+        click.echo("  encryption: age, every chunk authenticated")
 
 
 def render_listing(listing: ListingJobResult) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..archive.encryption import is_encrypted
 from ..archive.reader import scan
 from ..checksum import check_recorded, read_sidecar, sha256_file
 from ..errors import BackupError, DecryptionError, IntegrityError
@@ -39,8 +40,13 @@ def verify_backup(path: Path, *, progress: ProgressFn | None = None, require_che
         ok=True, name=path.name, timestamp=meta.timestamp, migration_version=meta.migration_version,
         format_version=meta.format_version, tables=len(contents.tables), rows=contents.total_rows,
         uncompressed_bytes=contents.uncompressed_bytes, sha256=digest,
-        checksum="ok" if recorded else "missing",
+        checksum="ok" if recorded else "missing", encrypted=_is_age_file(path),
     )
+
+
+def _is_age_file(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return is_encrypted(f)
 
 
 __all__ = ["verify_backup", "BackupError"]
