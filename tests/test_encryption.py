@@ -393,3 +393,22 @@ def test_parallel_backup_streamed_to_s3_encrypted_leaves_nothing_on_disk(shop, s
     restored = ctl({**env, "BACKUP_AGE_IDENTITY_FILE": str(keys["file"])}, "restore-s3", name, "--yes", "--local")
     assert restored.returncode == 0, restored.stderr
     assert_same(before, snapshot(shop))
+
+
+def test_retention_and_check_treat_encrypted_backups_as_backups(encrypted_backup, backup_dir):
+    """cleanup deletes an old encrypted backup with its sidecars and keeps the newest; check sees the new one.
+    No identity is configured: neither decrypts."""
+    from backup_tasks.checksum import write_sidecar
+
+    _, newest, env = encrypted_backup
+    old = backup_dir / "backup_20200101_000000.backup.gz.age"
+    old.write_bytes(MAGIC + os.urandom(1000))
+    write_sidecar(old, hashlib.sha256(old.read_bytes()).hexdigest())
+    planned = ctl(env, "cleanup", "--dry-run", "--local")
+    assert planned.returncode == 0 and old.name in planned.stdout, planned.stdout + planned.stderr
+    done = ctl(env, "cleanup", "--local")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in backup_dir.iterdir()) == sorted(
+        [newest.name, newest.name + ".sha256", newest.name + ".manifest.json"])
+    checked = ctl(env, "check", "--max-age", "1h", "--local")
+    assert checked.returncode == 0 and newest.name in checked.stdout, checked.stdout + checked.stderr
