@@ -412,3 +412,16 @@ def test_retention_and_check_treat_encrypted_backups_as_backups(encrypted_backup
         [newest.name, newest.name + ".sha256", newest.name + ".manifest.json"])
     checked = ctl(env, "check", "--max-age", "1h", "--local")
     assert checked.returncode == 0 and newest.name in checked.stdout, checked.stdout + checked.stderr
+
+
+def test_an_age_file_under_a_plain_backup_name_is_listed_as_encrypted(encrypted_backup, backup_dir):
+    from backup_tasks.archive.header import AGE_MAGIC
+
+    assert AGE_MAGIC == MAGIC
+    _, path, env = encrypted_backup
+    plain_name = backup_dir / "backup_20200101_000000.backup.gz"
+    plain_name.write_bytes(path.read_bytes())
+    listed = ctl(env, "list", "--local")
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if plain_name.name + " " in line)
+    assert "unreadable: age-encrypted" in line, listed.stdout

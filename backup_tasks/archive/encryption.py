@@ -78,9 +78,9 @@ def identity_file_text(secret: str, public: str, created: str) -> str:
 def load_identities(path: Path | None) -> list[Any]:
     """The x25519 identities of an age identity file (one per line, `#` comments). Errors never quote it."""
     if path is None:
-        raise DecryptionError("the backup is encrypted and no identity is configured",
-                              hint="Set BACKUP_AGE_IDENTITY_FILE to the age identity file (the secret key) it was "
-                                   "encrypted for.")
+        raise _identity_refusal(DecryptionError(
+            "the backup is encrypted and no identity is configured",
+            hint="Set BACKUP_AGE_IDENTITY_FILE to the age identity file (the secret key) it was encrypted for."))
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -324,9 +324,20 @@ class DecryptingReader(io.RawIOBase):
         super().close()
 
 
+def _identity_refusal(error: DecryptionError) -> DecryptionError:
+    error.wants_recipients = True  # see wants_recipients()
+    return error
+
+
+def wants_recipients(error: DecryptionError) -> bool:
+    """Whether the failure is about which identity is needed (none configured, or none that matches), so the
+    caller's hint should name the backup's recipients (from its manifest: the file's header does not)."""
+    return getattr(error, "wants_recipients", False)
+
+
 def _refusal(name: str, detail: str) -> DecryptionError:
     if "No matching keys" in detail:
-        return DecryptionError(f"{name}: no identity of BACKUP_AGE_IDENTITY_FILE can decrypt it")
+        return _identity_refusal(DecryptionError(f"{name}: no identity of BACKUP_AGE_IDENTITY_FILE can decrypt it"))
     if "decryption error" in detail or "MAC" in detail:
         return DecryptionError(f"{name} fails age authentication: it was truncated or altered after it was written",
                                hint="Nothing was changed. Use another backup, or fetch this one again.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..archive.encryption import NO_KEYS, Keys, public_keys
+from ..archive.encryption import NO_KEYS, Keys, public_keys, wants_recipients
 from ..archive.reader import Contents, TableHeader, read_contents_fast, scan
 from ..checksum import check_recorded, read_sidecar, sha256_file
 from ..errors import DecryptionError, IntegrityError
@@ -65,7 +65,7 @@ def open_source(path: Path, max_line: int, *, refuse_mismatch: bool = True, keys
 def with_recipients_hint(exc: DecryptionError, path: Path, keys: Keys) -> DecryptionError:
     """A wrong identity's error with the hint that helps: which public keys the backup was made for (the manifest
     records them; age headers do not) and which ones the identity file holds."""
-    if "no identity" not in exc.message:
+    if not wants_recipients(exc):
         return exc
     manifest = read_manifest(path)
     recorded = manifest.recipients if manifest is not None else []
