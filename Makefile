@@ -25,6 +25,7 @@ help:
 	@echo "make demo | test | bench | lint | install | lock [UPGRADE=1] | worker | beat | flower | metrics | databases | up | down"
 	@echo "make db:backup:oneshot | db:backup:list | db:backup:diff FILE=… | db:backup:restore FILE=… | db:backup:restore:dry-run FILE=…"
 	@echo "make db:backup:upload FILE=… | db:backup:download FILE=… | db:backup:list:remote | db:backup:restore:s3 FILE=… | db:backup:restore:s3:dry-run FILE=…"
+	@echo "make db:backup:drill [FILE=…]  (restore into DRILL_DATABASE_URL and prove it; see README 'Restore drills')"
 
 # Reinstalled when pyproject.toml or the lock changes; the lock is a constraint, so pip installs exactly its pins.
 $(STAMP): pyproject.toml $(LOCK)
@@ -121,6 +122,10 @@ db\:backup\:restore\:s3: install
 db\:backup\:restore\:s3\:dry-run: install
 	$(need_file)
 	$(BACKUPCTL) restore-s3 "$(FILE)" --dry-run $(CTL_FLAGS)
+
+# FILE is optional here: without it the newest backup is drilled (from S3 when it is configured).
+db\:backup\:drill: install
+	$(BACKUPCTL) drill $(if $(FILE),"$(FILE)",) $(CTL_FLAGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

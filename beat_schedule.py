@@ -25,6 +25,8 @@ from backup_tasks.errors import ConfigError
 
 SCHEDULED_TASK = "backup_tasks.scheduled_backup"
 ENTRY_NAME = "scheduled-backup"
+DRILL_TASK = "backup_tasks.scheduled_drill"  # BACKUP_DRILL_CRON, when set (README "Restore drills")
+DRILL_ENTRY_NAME = "scheduled-drill"
 
 # BACKUP_CRON's fields in order, with the crontab() keyword each becomes and what a user may write there.
 CRON_FIELDS = (
@@ -44,24 +46,25 @@ def normalize_cron(expression: str) -> str:
     return " ".join(str(expression).split())
 
 
-def parse_cron(expression: str) -> crontab:
-    """BACKUP_CRON as a crontab; a ConfigError names BACKUP_CRON and the bad field."""
+def parse_cron(expression: str, variable: str = "BACKUP_CRON") -> crontab:
+    """BACKUP_CRON (or `variable`, e.g. BACKUP_DRILL_CRON) as a crontab; a ConfigError names it and the bad field."""
     text = normalize_cron(expression)
     fields = text.split(" ") if text else []
+    hint = CRON_HINT.replace("BACKUP_CRON", variable)
     if len(fields) != 5:
-        raise ConfigError(f"BACKUP_CRON={expression!r} has {len(fields)} field{'s' if len(fields) != 1 else ''}, "
-                          f"expected exactly 5", hint=CRON_HINT)
+        raise ConfigError(f"{variable}={expression!r} has {len(fields)} field{'s' if len(fields) != 1 else ''}, "
+                          f"expected exactly 5", hint=hint)
     # Each field alone first, so the message can say which one is wrong (crontab() reports no field name).
     for (label, keyword, valid), value in zip(CRON_FIELDS, fields):
         try:
             crontab(**{keyword: value})
         except (ValueError, ParseException) as exc:
-            raise ConfigError(f"BACKUP_CRON={text!r}: invalid {label} field {value!r} ({exc}); valid: {valid}",
-                              hint=CRON_HINT) from None
+            raise ConfigError(f"{variable}={text!r}: invalid {label} field {value!r} ({exc}); valid: {valid}",
+                              hint=hint) from None
     try:
         return crontab.from_string(text)
     except (ValueError, ParseException) as exc:  # pragma: no cover - every field passed on its own
-        raise ConfigError(f"BACKUP_CRON={text!r} is invalid: {exc}", hint=CRON_HINT) from None
+        raise ConfigError(f"{variable}={text!r} is invalid: {exc}", hint=hint) from None
 
 
 def parse_timezone(name: str) -> ZoneInfo:
@@ -123,7 +126,11 @@ def build_beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
     Raises ConfigError for an invalid cron or time zone (naming the database), so Beat refuses to start.
     """
     if not getattr(settings, "BACKUP_DATABASES_FILE", None):
-        return {ENTRY_NAME: _entry(settings.BACKUP_CRON, settings.BACKUP_TIMEZONE, None, zoned=False)}
+        entries = {ENTRY_NAME: _entry(settings.BACKUP_CRON, settings.BACKUP_TIMEZONE, None, zoned=False)}
+        if getattr(settings, "BACKUP_DRILL_CRON", None):
+            entries[DRILL_ENTRY_NAME] = _entry(settings.BACKUP_DRILL_CRON, settings.BACKUP_TIMEZONE, None,
+                                               zoned=False, task=DRILL_TASK)
+        return entries
     from backup_tasks import databases
 
     dep = databases.deployment(settings)
@@ -131,17 +138,22 @@ def build_beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:
     configs = [(db.name, db.config) for db in dep.databases.values()]
     configs += [(name, databases.effective(settings, name, server.table, name, url=None))
                 for name, server in dep.servers.items()]
+    drills = {name for name, db in dep.databases.items() if db.config.BACKUP_DRILL_CRON}
     for name, config in configs:
         try:
             entries[f"{ENTRY_NAME}:{name}"] = _entry(config.BACKUP_CRON, config.BACKUP_TIMEZONE, name, zoned=True)
+            if name in drills:  # declared databases only: a discovered server has no one scratch schema
+                entries[f"{DRILL_ENTRY_NAME}:{name}"] = _entry(config.BACKUP_DRILL_CRON, config.BACKUP_TIMEZONE,
+                                                               name, zoned=True, task=DRILL_TASK)
         except ConfigError as exc:
             raise ConfigError(f"database {name} in {dep.file}: {exc.message}", hint=exc.hint) from None
     return entries
 
 
-def _entry(cron_text: str, tz_text: str, database: str | None, *, zoned: bool) -> dict[str, Any]:
+def _entry(cron_text: str, tz_text: str, database: str | None, *, zoned: bool,
+           task: str = SCHEDULED_TASK) -> dict[str, Any]:
     cron = normalize_cron(cron_text)
-    schedule = parse_cron(cron)
+    schedule = parse_cron(cron, "BACKUP_DRILL_CRON" if task == DRILL_TASK else "BACKUP_CRON")
     tz_name = str(tz_text).strip() or "UTC"
     parse_timezone(tz_name)
     if zoned:  # each database in its own time zone, whatever the app's (BACKUP_TIMEZONE) is
@@ -153,7 +165,7 @@ def _entry(cron_text: str, tz_text: str, database: str | None, *, zoned: bool) -
         kwargs["database"] = database
     # Without ZonedCrontab, Celery evaluates crontabs in the app's timezone, which celery_app sets from
     # BACKUP_TIMEZONE.
-    return {"task": SCHEDULED_TASK, "schedule": schedule, "kwargs": kwargs, "options": {}}
+    return {"task": task, "schedule": schedule, "kwargs": kwargs, "options": {}}
 
 
 class ZonedCrontab(crontab):

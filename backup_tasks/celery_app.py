@@ -69,6 +69,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "result_accept_content": ["json"],
         # One reserved job per process: a reserved job is unacknowledged too, and waits.
         "worker_prefetch_multiplier": 1,
+        # Replaced after a job that left it bigger (the job ends first; the next one gets a fresh process).
+        "worker_max_memory_per_child": int(settings.CELERY_WORKER_MAX_MEMORY_PER_CHILD_MB) * 1024 or None,
         # A queue of its own for every worker node: a parallel backup's helpers go to the coordinator's node,
         # whose pool processes share its BACKUP_DIR (tasks.JobTask.part_runner).
         "worker_direct": True,

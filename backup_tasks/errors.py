@@ -24,6 +24,8 @@ class ExitCode(IntEnum):
     ABORTED = 10  # the user declined, or no terminal to confirm on
     STALE = 11  # `check`: the newest good backup is too old
     DECRYPTION = 12  # encrypted backup: no identity, a wrong one, or ciphertext that fails authentication
+    DRILL_STALE = 13  # `check --max-drill-age`: the newest successful restore drill is too old, or there is none
+    DRILL_FAILED = 14  # a restore drill ran and the backup did not restore exactly (report next to the backup)
     INTERRUPTED = 130
 
 
@@ -128,6 +130,19 @@ class DecryptionError(BackupError):
 
     exit_code = ExitCode.DECRYPTION
     default_hint = "Set BACKUP_AGE_IDENTITY_FILE to an identity the backup was encrypted for."
+
+
+class DrillStaleError(BackupError):
+    exit_code = ExitCode.DRILL_STALE
+    default_hint = ("Run `backupctl drill` (or set BACKUP_DRILL_CRON for Beat) and look at the last drill reports "
+                    "(`backupctl list`).")
+
+
+class DrillFailedError(BackupError):
+    """A drill ran to its end (or to the failing step) and found the backup does not restore exactly."""
+
+    exit_code = ExitCode.DRILL_FAILED
+    default_hint = "The drill report (<backup>.drill.json, next to the backup) lists every failing check."
 
 
 def from_dict(payload: dict) -> BackupError:

@@ -182,3 +182,56 @@ class VerifyResult(BaseModel):
     checksum: str = "unknown"  # "ok" | "missing" (no sidecar recorded) | "mismatch"
     problems: list[str] = Field(default_factory=list)
     encrypted: bool = False  # an age file (decrypted and authenticated to its end by the verification)
+
+
+# --- restore drills (README "Restore drills"): the report stored next to a backup as <backup>.drill.json ---------
+
+DRILL_REPORT_FORMAT = "backup_tasks-drill"
+DRILL_OK, DRILL_FAILED, DRILL_ERROR = "ok", "failed", "error"  # error: the drill could not run to a verdict
+
+
+class DrillCheck(BaseModel):
+    """One step of a drill: `ok` None when it did not run (an earlier step failed)."""
+
+    name: str  # prepare | schema | checksum | restore | rows | sequences | migration_version
+    ok: bool | None = None
+    seconds: float | None = None
+    detail: str | None = None  # what was found, one line
+    failures: list[str] = Field(default_factory=list)  # failing tables, columns or sequences, by name
+
+
+class DrillReport(BaseModel):
+    format: str = DRILL_REPORT_FORMAT
+    report_version: int = 1
+    backup: str  # the backup's name
+    location: str  # where the drilled backup lives: local | s3
+    ok: bool
+    outcome: str  # ok | failed | error
+    error: str | None = None  # the failure, one line (masked)
+    started_at: datetime
+    finished_at: datetime
+    duration_s: float
+    scratch: str  # `database NAME on HOST:PORT`, never the URL
+    backup_source: str | None = None  # the database the backup was taken from (its metadata)
+    backup_created_at: datetime | None = None
+    migration_version: str | None = None
+    tool_version: str | None = None
+    server_version: str | None = None  # the scratch server's
+    backup_server_version: str | None = None
+    checks: list[DrillCheck] = Field(default_factory=list)
+    failing_tables: list[str] = Field(default_factory=list)
+    schema_mismatches: list[str] = Field(default_factory=list)
+    tables: int = 0
+    rows: int = 0
+    backup_bytes: int = 0  # the backup file's size (compressed)
+    restore_s: float | None = None
+    rows_per_s: float | None = None
+    bytes_per_s: float | None = None  # compressed file bytes restored per second
+    peak_rss_bytes: int | None = None  # the drill's own process, from its start
+    tree_peak_rss_bytes: int | None = None  # the process and its children (the diff's row reader), sampled
+    prepare_output: str | None = None  # DRILL_PREPARE_COMMAND's output (its tail), masked
+
+    model_config = ConfigDict(extra="allow")
+
+    def check(self, name: str) -> DrillCheck | None:
+        return next((c for c in self.checks if c.name == name), None)

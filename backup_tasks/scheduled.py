@@ -1,5 +1,6 @@
 """The scheduled backup of one database (create -> upload when S3 is configured -> cleanup), at most once per
-schedule slot; for a discovering server, one scheduled backup per database found on it.
+schedule slot; for a discovering server, one scheduled backup per database found on it. The scheduled restore
+drill of one database (BACKUP_DRILL_CRON), at most once per slot of its own.
 
 What the Celery task (tasks.scheduled_backup) hands in: its id, how it retries a storage step in the task, how it
 writes a parallel backup's parts and how it sends a task; nothing here imports Celery.
@@ -18,21 +19,22 @@ from . import databases, dsn, queue_state
 from .celery_app import load_beat_schedule_module
 from .errors import UsageError
 from .jobs import run_job
-from .jobs.results import ScheduledBackupResult
+from .jobs.results import ScheduledBackupResult, ScheduledDrillResult
 from .progress import ProgressFn
 
 logger = logging.getLogger(__name__)
 SLOT_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}Z$")
 
 
-def slot_of(cron: str | None, tz: str | None, slot: str | None, db: databases.Database) -> str:
+def slot_of(cron: str | None, tz: str | None, slot: str | None, db: databases.Database,
+            default_cron: str | None = None) -> str:
     """The slot Beat sent, checked; without one, the latest due time of the database's cron (a manual run)."""
     if slot is not None:
         if not isinstance(slot, str) or not SLOT_RE.match(slot):
             raise UsageError(f"invalid schedule slot {slot!r}", hint="A slot looks like 2025-11-01T02:00Z.")
         return slot
     schedule = load_beat_schedule_module()
-    due = schedule.previous_due(cron or db.config.BACKUP_CRON, datetime.now(UTC),
+    due = schedule.previous_due(cron or default_cron or db.config.BACKUP_CRON, datetime.now(UTC),
                                 tz or db.config.BACKUP_TIMEZONE)
     return schedule.slot_id(due)
 
@@ -93,3 +95,30 @@ class ScheduledRun:
                     ", ".join(db.name for db in found))
         return ScheduledBackupResult(slot=slot or "", db=server, skipped=False,
                                      fanned_out=[db.name for db in found]).model_dump(mode="json")
+
+
+DRILL_SLOT_PREFIX = "drill-"  # a drill's slot key differs from the same minute's backup slot
+
+
+@dataclass
+class ScheduledDrill:
+    task_id: str
+
+    def run(self, info: dict[str, Any], progress: ProgressFn, database: str | None, cron: str | None,
+            tz: str | None, slot: str | None) -> dict[str, Any]:
+        """Drill the database's newest backup once per slot. A second delivery for the slot does nothing; the
+        same task delivered again (its worker died) drills again: a drill only overwrites the scratch database."""
+        db = databases.select(database)
+        if not (cron or db.config.BACKUP_DRILL_CRON) and slot is None:
+            raise UsageError(f"no drill schedule for {db.name}: BACKUP_DRILL_CRON is not set",
+                             hint="Set BACKUP_DRILL_CRON (5 cron fields), or run `backupctl drill`.")
+        slot = slot_of(cron, tz, slot, db, db.config.BACKUP_DRILL_CRON)
+        report = {"slot": slot, "database": target_name(db), "db": db.name}
+        status, detail = queue_state.claim_slot(db.url, DRILL_SLOT_PREFIX + slot, self.task_id)
+        if status == "taken":
+            logger.warning("scheduled drill of %s for slot %s skipped: task %s already has it", db.name, slot, detail)
+            return ScheduledDrillResult(**report, skipped=True, reason=f"slot {slot} was already taken by task "
+                                        f"{detail}").model_dump(mode="json")
+        result = run_job("drill", {"database": database}, progress, task_id=self.task_id)
+        info["file"] = result.get("backup")
+        return ScheduledDrillResult(**report, skipped=False, drill=result).model_dump(mode="json")

@@ -65,6 +65,14 @@ class Settings(BaseSettings):
     BACKUP_NOTIFY_URLS: SecretStr | None = None
     BACKUP_NOTIFY_SUCCESS_URLS: SecretStr | None = None
 
+    # Restore drills (README "Restore drills"): a scratch database the drill may overwrite, never production.
+    DRILL_DATABASE_URL: SecretStr | None = None
+    DRILL_PREPARE_COMMAND: str | None = Field(
+        None, description="run before each drill with DATABASE_URL set to the scratch database (e.g. `alembic "
+        "upgrade head`), to bring its schema up")
+    DRILL_PREPARE_TIMEOUT_S: float = Field(600.0, gt=0, description="how long DRILL_PREPARE_COMMAND may run")
+    BACKUP_DRILL_CRON: str | None = Field(None, description="when Beat runs the scheduled drill (unset: never)")
+
     # Metrics for Prometheus (backup-tasks-metrics)
     BACKUP_METRICS_ADDRESS: str = "127.0.0.1"
     BACKUP_METRICS_PORT: int = Field(9648, ge=1, le=65535)
@@ -88,6 +96,9 @@ class Settings(BaseSettings):
     CELERY_TASK_SOFT_TIME_LIMIT: int = 6 * 3600
     CELERY_TASK_TIME_LIMIT: int = 6 * 3600 + 300
     CELERY_RESULT_EXPIRES: int = 7 * 24 * 3600
+    # A pool process that holds more than this after a job is replaced by a fresh one before the next (0: never);
+    # a fresh process holds ~65 MB, so the next job's peak starts from there, not from what the last one left.
+    CELERY_WORKER_MAX_MEMORY_PER_CHILD_MB: int = Field(80, ge=0)
 
     # Flower
     FLOWER_BASIC_AUTH: SecretStr | None = None
@@ -97,6 +108,11 @@ class Settings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.DATABASE_URL.get_secret_value()
+
+    @property
+    def drill_database_url(self) -> str | None:
+        value = self.DRILL_DATABASE_URL.get_secret_value().strip() if self.DRILL_DATABASE_URL else ""
+        return value or None
 
     @property
     def s3_enabled(self) -> bool:

@@ -53,6 +53,7 @@ from .core.parallel import PartStore
 from .errors import BackupError, Transient, UsageError
 from .jobs import run_job
 from .jobs.results import WorkerTarget
+from .memory import release_freed_memory
 from .names import validate_name
 from .partwork import BoardRunner, PartBoard, help_with
 from .progress import Progress, ProgressFn, Throttle
@@ -62,13 +63,13 @@ logger = get_task_logger(__name__)
 
 MAX_DELIVERIES = 3  # a late-acked job whose worker died this many times is not run again (celery#9082)
 IN_TASK_ATTEMPTS = 3  # upload/cleanup after a backup: retried in the task, so the backup is not made twice
-FILE_JOBS = {"diff", "restore", "verify", "upload"}  # jobs that read a backup given as `file`
+FILE_JOBS = {"diff", "restore", "verify", "upload", "drill"}  # jobs that read a backup given as `file`
 # A mistyped name or a missing file was already told to the person who typed it: no message to a channel.
 QUIET_FAILURES = {"UsageError", "NotFoundError", "AbortedError"}
 # A parallel backup's helpers fail with their coordinator (reported once, as its job); the databases listing is
 # a question, not a job on a database.
 UNREPORTED = {"backup_parts", "databases"}
-SUCCESS_NOTICES = {"create", "scheduled_backup", "restore", "restore_s3"}  # successes worth a message
+SUCCESS_NOTICES = {"create", "scheduled_backup", "restore", "restore_s3", "drill", "scheduled_drill"}  # successes worth a message
 DATABASE, STORAGE = frozenset({Transient.DATABASE}), frozenset({Transient.STORAGE})
 
 
@@ -259,6 +260,10 @@ class JobTask(Task):
             notify.send(notify.Notice(name or str(database), self.job, False, self._elapsed({}), file=file,
                                       error=message, hint=payload.get("hint"), target=target_description(kwargs)))
 
+    def after_return(self, status: str, retval: Any, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        """The pool process outlives the job: what the job freed goes back to the system before the next one."""
+        release_freed_memory()
+
     def _elapsed(self, result: dict[str, Any]) -> float | None:
         started = getattr(self.request, "backup_tasks_started", None)
         return time.monotonic() - started if started is not None else result.get("duration_s")
@@ -441,4 +446,23 @@ def scheduled_backup(self: JobTask, cron: str | None = None, timezone: str | Non
     kwargs = {"database": database} if database is not None else {}
     run = scheduled.ScheduledRun(self.request.id, retried_in_task, self.part_runner,
                                  send=lambda kw: scheduled_backup.apply_async(kwargs=kw))
+    return self.perform(kwargs, lambda info, progress: run.run(info, progress, database, cron, timezone, slot))
+
+
+# --- restore drills ---------------------------------------------------------------------------------------
+
+# Late-acked (a drill only overwrites the scratch database: running it again is harmless); a scratch server
+# that cannot be reached yet is retried.
+@app.task(base=JobTask, bind=True, name="backup_tasks.drill", retry_on=DATABASE)
+def drill(self: JobTask, **kwargs: Any) -> dict[str, Any]:
+    """Restore a backup into DRILL_DATABASE_URL and prove it restored exactly (jobs/drill.py)."""
+    return self.perform(kwargs)
+
+
+@app.task(base=JobTask, bind=True, name="backup_tasks.scheduled_drill", retry_on=DATABASE)
+def scheduled_drill(self: JobTask, cron: str | None = None, timezone: str | None = None,
+                    slot: str | None = None, database: str | None = None) -> dict[str, Any]:
+    """Beat's drill of one database's newest backup, at most once per BACKUP_DRILL_CRON slot."""
+    kwargs = {"database": database} if database is not None else {}
+    run = scheduled.ScheduledDrill(self.request.id)
     return self.perform(kwargs, lambda info, progress: run.run(info, progress, database, cron, timezone, slot))

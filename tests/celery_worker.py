@@ -39,7 +39,7 @@ CLAIM_KEY = "backup_tasks_test:claimed_by"
 SCRUBBED = ("S3_BUCKET_NAME", "S3_ENDPOINT_URL", "BACKUP_NOTIFY_WEBHOOK_URL", "BACKUP_NOTIFY_URLS",
             "BACKUP_NOTIFY_SUCCESS_URLS", "BACKUP_DATABASES_FILE", "BACKUP_DB", "BACKUP_CRON", "BACKUP_TIMEZONE",
             "FLOWER_BASIC_AUTH", "FLOWER_ADDRESS", "FLOWER_PORT", "CELERY_TASK_SOFT_TIME_LIMIT",
-            "CELERY_TASK_TIME_LIMIT", "WORKER_CONCURRENCY")
+            "CELERY_TASK_TIME_LIMIT", "CELERY_WORKER_MAX_MEMORY_PER_CHILD_MB", "WORKER_CONCURRENCY")
 
 __all__ = ["redis_db", "celery_env", "worker", "client_app", "CeleryEnv", "Worker", "backupctl", "free_port",
            "wait_for", "ROOT", "CELERY", "BACKUPCTL"]

@@ -89,6 +89,9 @@ def services() -> dict[str, dict[str, Any]]:
     return load_compose()["services"]
 
 
+# No `docker compose` here (the client has no compose plugin, and no engine), so this is compose's interpolation
+# (${VAR}, ${VAR:-x}, ${VAR-x}, ${VAR:?msg}, ${VAR:+x}, $$): what the file means with .env.example's values, and
+# that the stack refuses to start without the secrets it requires, are behaviour worth checking.
 class InterpolationError(ValueError):
     pass
 
@@ -164,33 +167,23 @@ def compose_variables(data: dict[str, Any]) -> set[str]:
     return names
 
 
-def parse_env_file(path: Path) -> tuple[dict[str, str], set[str], dict[str, list[str]]]:
-    """(set values, keys shown commented out as `# KEY=...`, comment block above each key)."""
+def parse_env_file(path: Path) -> tuple[dict[str, str], set[str]]:
+    """(set values, keys shown commented out as `# KEY=...`)."""
     values: dict[str, str] = {}
     commented: set[str] = set()
-    docs: dict[str, list[str]] = {}
-    block: list[str] = []
     key_line = re.compile(r"(?P<hash>#\s*)?(?P<key>[A-Z][A-Z0-9_]*)=(?P<value>.*)")
     for raw in path.read_text(encoding="utf-8").splitlines():
-        line = raw.strip()
-        if not line:
-            block = []
+        m = key_line.fullmatch(raw.strip())
+        if not m:
             continue
-        m = key_line.fullmatch(line)
-        if m:
-            key = m["key"]
-            docs.setdefault(key, list(block))
-            if m["hash"]:
-                commented.add(key)
-            else:
-                value = m["value"].strip()
-                if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-                    value = value[1:-1]
-                values[key] = value
+        if m["hash"]:
+            commented.add(m["key"])
             continue
-        if line.startswith("#"):
-            block.append(line.lstrip("#").strip())
-    return values, commented, docs
+        value = m["value"].strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        values[m["key"]] = value
+    return values, commented
 
 
 def env_example_values() -> dict[str, str]:
@@ -518,16 +511,6 @@ def test_beat_runs_exactly_one_replica() -> None:
     assert "--schedule" in argv and argv[argv.index("--schedule") + 1].startswith("/tmp/")
 
 
-def test_beat_single_replica_is_explained_in_a_comment() -> None:
-    lines = COMPOSE_FILE.read_text(encoding="utf-8").splitlines()
-    idx = next(i for i, line in enumerate(lines) if re.fullmatch(r"  beat:\s*", line))
-    comment = []
-    for line in reversed(lines[:idx]):
-        if not line.strip().startswith("#"):
-            break
-        comment.append(line)
-    text = " ".join(comment).lower()
-    assert "one" in text and "twice" in text, "say above `beat:` why there is exactly one Beat"
 
 
 def test_flower_requires_basic_auth() -> None:
@@ -830,7 +813,7 @@ def test_dockerignore_matcher() -> None:
 
 
 def test_env_example_documents_every_compose_variable() -> None:
-    values, commented, _ = parse_env_file(ENV_EXAMPLE)
+    values, commented = parse_env_file(ENV_EXAMPLE)
     used = compose_variables(load_compose())
     assert "FLOWER_BASIC_AUTH" in used and "MINIO_ROOT_PASSWORD" in used  # the scan works
     missing = sorted(used - set(values) - commented)
@@ -844,16 +827,12 @@ def test_compose_variable_scan_ignores_escapes() -> None:
 def test_env_example_documents_every_setting() -> None:
     from backup_tasks.settings import Settings
 
-    values, commented, _ = parse_env_file(ENV_EXAMPLE)
+    values, commented = parse_env_file(ENV_EXAMPLE)
     documented = set(values) | commented
     missing = sorted((set(Settings.model_fields) | REQUIRED_ENV_DOCS) - documented)
     assert not missing, f".env.example does not document: {missing}"
 
 
-def test_every_env_example_entry_has_a_comment() -> None:
-    _, _, docs = parse_env_file(ENV_EXAMPLE)
-    undocumented = sorted(k for k, block in docs.items() if not any(block))
-    assert not undocumented, f"no comment above: {undocumented}"
 
 
 def test_env_example_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -889,14 +868,6 @@ def test_env_example_secrets_are_placeholders() -> None:
     assert values["FLOWER_ADDRESS"] == "127.0.0.1"
 
 
-def test_env_example_shows_s3_compatible_endpoints() -> None:
-    _, _, docs = parse_env_file(ENV_EXAMPLE)
-    text = " ".join(docs["S3_ENDPOINT_URL"])
-    for needle in ("minio", "https://<account>.r2.cloudflarestorage.com", "https://s3.<region>.backblazeb2.com",
-                   "digitaloceanspaces.com"):
-        assert needle.lower() in text.lower(), f"S3_ENDPOINT_URL's comment lacks the {needle} example"
-    aws = " ".join(docs["AWS_ACCESS_KEY_ID"]).lower()
-    assert "boto3" in aws and "never" in aws
 
 
 def test_interpolation_helper() -> None:

@@ -149,7 +149,7 @@ def test_every_per_database_setting_is_overridable_generically(env):
 
 
 def test_discovery_finds_every_database_the_role_may_connect_to(env, make_db, tmp_path):
-    (a, a_url), (b, _) = make_db(), make_db()
+    (a, a_url), (b, _), (c, _) = make_db(), make_db(), make_db()
     server = a_url.rsplit("/", 1)[0] + "/postgres"
     text = (f'[databases.fleet]\nurl_env = "SERVER_URL"\ndiscover = true\nretention_days = 3\n'
             f'exclude = ["postgres", "{b}"]\n[databases.mine]\nurl_env = "MINE_URL"\n')
@@ -159,7 +159,7 @@ def test_discovery_finds_every_database_the_role_may_connect_to(env, make_db, tm
     assert not problems and names[0] == "mine"
     assert a not in names, "declared in the file already (same host:port/name): not a second time"
     assert b not in names and "postgres" not in names and "template1" not in names
-    some = next(db for db in found if db.name.startswith("bt_"))
+    some = next(db for db in found if db.name == c)  # not declared, not excluded: discovered
     assert some.settings.BACKUP_RETENTION_DAYS == 3 and some.origin == "discovered through url_env SERVER_URL"
     assert some.settings.BACKUP_DIR == tmp_path / "backups" / some.name
     assert some.settings.S3_PREFIX == f"backups/{some.name}/" and dsn.parse(some.url).name == some.name

@@ -32,6 +32,7 @@ def make_env(make_db, backup_dir):
     return url, env, backup_dir
 
 
+@pytest.mark.slow  # every seed target through make, each a fresh interpreter
 def test_seed_targets_with_bare_names_and_paths(make_env):
     url, env, backup_dir = make_env
     created = make("db:backup:oneshot", env)

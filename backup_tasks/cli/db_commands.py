@@ -1,4 +1,4 @@
-"""create, diff, restore, verify: the seed's database commands."""
+"""create, diff, restore, verify: the seed's database commands; drill: a restore into a scratch database, proved."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 
 from ..errors import AbortedError, UsageError
-from ..jobs.results import CreateJobResult, DiffJobResult, RestoreJobResult, VerifyJobResult
+from ..jobs.results import CreateJobResult, DiffJobResult, DrillJobResult, RestoreJobResult, VerifyJobResult
 from . import cli
 from .common import database_option, job_options, restore_options, run_job
-from .render import (as_model, render_create, render_diff, render_dry_run, render_restore, render_restore_preface,
-                     render_verify)
+from .render import (as_model, render_create, render_diff, render_drill, render_dry_run, render_restore,
+                     render_restore_preface, render_verify)
 
 
 @cli.command()
@@ -116,3 +116,22 @@ def verify(file, local, no_wait):
     result = run_job("verify", {"file": file}, local=local, no_wait=no_wait)
     if result is not None:
         render_verify(as_model(VerifyJobResult, result))
+
+
+@cli.command()
+@click.argument("file", required=False)
+@click.option("--from", "source", type=click.Choice(["local", "s3"]), default=None,
+              help="Where the backup is (default: S3 when it is configured and FILE is not here, else local).")
+@click.option("--scratch-url", default=None, metavar="URL",
+              help="The scratch database to restore into (default DRILL_DATABASE_URL); never the production one.")
+@job_options
+def drill(file, source, scratch_url, local, no_wait):
+    """Restore FILE (default: the newest backup) into the scratch database and prove it restored exactly.
+
+    Checks: the file's SHA-256, the scratch schema, the restore's commit, an empty row-level diff for every
+    table, every sequence, the migration version. The report goes next to the backup (<backup>.drill.json).
+    Exit 14 when the drill finds the backup does not restore exactly; 2 when the scratch database is production."""
+    result = run_job("drill", {"file": file, "source": source, "scratch_url": scratch_url}, local=local,
+                     no_wait=no_wait)
+    if result is not None:
+        render_drill(as_model(DrillJobResult, result))

@@ -84,6 +84,10 @@ def remote_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     if url and dsn.has_password(url):
         raise UsageError("a --database-url with a password is not sent to a worker (the broker would store it)",
                          hint="Set DATABASE_URL in the worker's environment, or use --local.")
+    scratch = kwargs.get("scratch_url")
+    if scratch and dsn.has_password(scratch):
+        raise UsageError("a --scratch-url with a password is not sent to a worker (the broker would store it)",
+                         hint="Set DRILL_DATABASE_URL in the worker's environment, or use --local.")
     return kwargs
 
 

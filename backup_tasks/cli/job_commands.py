@@ -9,12 +9,13 @@ from typing import Any
 import click
 
 from .. import dsn
-from ..errors import ConfigError, QueueError, StaleBackupError
-from ..jobs.results import CreateJobResult, ListingJobResult, ScheduledBackupResult
+from ..errors import ConfigError, DrillStaleError, QueueError, StaleBackupError
+from ..jobs.results import (CreateJobResult, DrillJobResult, ListingJobResult, ScheduledBackupResult,
+                            ScheduledDrillResult)
 from ..units import format_bytes
 from . import cli
 from .common import db_option, run_job
-from .render import as_model, render_result, summary_of_scheduled
+from .render import as_model, render_result, summary_of_drill, summary_of_scheduled
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
 _UNITS = {"w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
@@ -63,6 +64,11 @@ def summary(result: Any) -> str:
         return f"backup {created.name}: {created.total_rows} rows, {format_bytes(created.compressed_bytes)}"
     if job == "scheduled_backup":
         return summary_of_scheduled(as_model(ScheduledBackupResult, result))
+    if job == "drill":
+        drilled = as_model(DrillJobResult, result)
+        return f"drill of {drilled.backup} ({drilled.location}): {drilled.outcome}, {drilled.rows} rows"
+    if job == "scheduled_drill":
+        return summary_of_drill(as_model(ScheduledDrillResult, result))
     if job in ("list_local", "list_s3"):
         listing = as_model(ListingJobResult, result)
         return f"{len(listing.backups)} backups in {listing.where}"
@@ -161,18 +167,63 @@ def _newest(listings: list[ListingJobResult]) -> tuple[datetime, str, str] | Non
     return newest
 
 
+def _newest_drill(listings: list[ListingJobResult]) -> tuple[datetime, str, str] | None:
+    """(finished, backup, location) of the newest successful drill in the listings."""
+    newest: tuple[datetime, str, str] | None = None
+    for listing in listings:
+        for b in listing.backups:
+            d = b.drill
+            if d is None or d.outcome != "ok" or d.finished_at is None:
+                continue
+            when = d.finished_at if d.finished_at.tzinfo else d.finished_at.replace(tzinfo=timezone.utc)
+            if newest is None or when > newest[0]:
+                newest = (when, b.name, listing.location)
+    return newest
+
+
+def check_drills(listings: list[ListingJobResult], max_age: timedelta, where: str) -> str:
+    hint = ("Run `backupctl drill`, or set BACKUP_DRILL_CRON for Beat; `backupctl list` shows each backup's "
+            "last drill.")
+    newest = _newest_drill(listings)
+    if newest is None:
+        raise DrillStaleError(f"no successful restore drill found in {where}", hint=hint)
+    when, name, location = newest
+    age = datetime.now(timezone.utc) - when
+    label = (f"newest successful drill ({name}, {location}) ended {when:%Y-%m-%d %H:%M:%S}Z, "
+             f"{format_duration(age)} ago")
+    if age > max_age:
+        raise DrillStaleError(f"{label}: older than --max-drill-age {format_duration(max_age)}", hint=hint)
+    return f"OK: {label} (max drill age {format_duration(max_age)})"
+
+
 @cli.command()
-@click.option("--max-age", type=_Duration(), default="26h", show_default=True,
-              help="Alert when the newest backup is older than this (e.g. 26h, 90m, 2d).")
+@click.option("--max-age", type=_Duration(), default=None,
+              help="Alert when the newest backup is older than this (e.g. 26h, 90m, 2d). Default 26h, unless "
+                   "only --max-drill-age is given.")
+@click.option("--max-drill-age", type=_Duration(), default=None,
+              help="Alert (exit 13) when the newest successful restore drill is older than this (e.g. 8d).")
 @click.option("--target", type=click.Choice(["local", "s3", "all"]), default="all", show_default=True,
               help="Where to look; `all` skips S3 when it is not configured.")
 @click.option("--local", is_flag=True, help="List in this process instead of on a Celery worker.")
 @db_option
-def check(max_age: timedelta, target: str, local: bool) -> None:
-    """Exit 11 when the newest backup is older than --max-age (for monitors: backups that silently stopped)."""
+def check(max_age: timedelta | None, max_drill_age: timedelta | None, target: str, local: bool) -> None:
+    """Exit 11 when the newest backup is older than --max-age, 13 when the newest successful drill is older than
+    --max-drill-age (for monitors: backups or drills that silently stopped)."""
     jobs = {"local": ["list_local"], "s3": ["list_s3"], "all": ["list_local", "list_s3"]}[target]
     listings = [x for x in (_listing(job, local, optional=target != "s3") for job in jobs) if x is not None]
     where = ", ".join(f"{x.location} ({x.where})" for x in listings) or target
+    if max_age is None and max_drill_age is None:
+        max_age = parse_duration("26h")
+    lines = []
+    if max_age is not None:
+        lines.append(check_backups(listings, max_age, where))
+    if max_drill_age is not None:
+        lines.append(check_drills(listings, max_drill_age, where))
+    for line in lines:
+        click.echo(line)
+
+
+def check_backups(listings: list[ListingJobResult], max_age: timedelta, where: str) -> str:
     hint = ("Check the worker and Beat (`make worker`, `make beat`) and their logs: the scheduled backup "
             "may have stopped, or be failing (see BACKUP_NOTIFY_WEBHOOK_URL).")
     newest = _newest(listings)
@@ -183,4 +234,4 @@ def check(max_age: timedelta, target: str, local: bool) -> None:
     label = f"newest backup {name} ({location}) was created {created:%Y-%m-%d %H:%M:%S}Z, {format_duration(age)} ago"
     if age > max_age:
         raise StaleBackupError(f"{label}: older than --max-age {format_duration(max_age)}", hint=hint)
-    click.echo(f"OK: {label} (max age {format_duration(max_age)})")
+    return f"OK: {label} (max age {format_duration(max_age)})"

@@ -22,9 +22,12 @@ from ..jobs.results import (
     DatabaseSummary,
     DiffJobResult,
     DownloadJobResult,
+    DrillJobResult,
+    DrillStatus,
     ListingJobResult,
     RestoreJobResult,
     ScheduledBackupResult,
+    ScheduledDrillResult,
     StoredBackup,
     UploadJobResult,
     VerifyJobResult,
@@ -198,15 +201,53 @@ def render_listing(listing: ListingJobResult) -> None:
     click.echo(f"{len(backups)} backup{'s' if len(backups) != 1 else ''} in {where} (newest first{more}):")
     width = max(len(b.name) for b in backups)
     long_s3 = listing.details and listing.location == "s3"
-    click.echo(f"  {'NAME':<{width}}  {'SIZE':>10}  {'CREATED (UTC)':<19}" + ("  SHA256      " if long_s3 else "")
-               + ("  MIGRATION" if listing.details else ""))
+    # The last drill before the migration version: a fixed width, and the version stays the last column.
+    click.echo(f"  {'NAME':<{width}}  {'SIZE':>10}  {'CREATED (UTC)':<19}  {'LAST DRILL (UTC)':<{DRILL_WIDTH}}"
+               + ("  SHA256      " if long_s3 else "") + ("  MIGRATION" if listing.details else ""))
     for b in backups:
-        line = f"  {b.name:<{width}}  {format_bytes(b.size, 1):>10}  {b.created_at:%Y-%m-%d %H:%M:%S}"
+        line = (f"  {b.name:<{width}}  {format_bytes(b.size, 1):>10}  {b.created_at:%Y-%m-%d %H:%M:%S}"
+                f"  {drill_cell(b.drill):<{DRILL_WIDTH}}")
         if long_s3:
             line += f"  {(b.sha256 or 'none')[:12]:<12}"
         if listing.details:
             line += f"  {_version(b)}"
         click.echo(line)
+
+
+DRILL_WIDTH = len("unreadable 2026-12-02 01:00")
+
+
+def drill_cell(d: DrillStatus | None) -> str:
+    """`ok 2026-12-02 01:00`, `failed 2026-12-02 01:00`, `never`: a backup's last restore drill."""
+    if d is None:
+        return "never"
+    return f"{d.outcome} {d.finished_at:%Y-%m-%d %H:%M}" if d.finished_at else d.outcome
+
+
+def render_drill(r: DrillJobResult) -> None:
+    """A drill that passed (a failed one is an error: its message names the failing check and tables)."""
+    click.echo(f"Drill of {r.backup} ({r.location}) into {r.scratch}: {r.outcome.upper()}")
+    for c in r.checks:
+        mark = "ok" if c.ok else "FAILED" if c.ok is False else "not run"
+        took = f" ({c.seconds:.2f} s)" if c.seconds is not None else ""
+        click.echo(f"  {c.name:<18} {mark:<7} {c.detail or ''}{took}")
+    speed = (f", {r.rows_per_s:,.0f} rows/s, {format_bytes(int(r.bytes_per_s or 0))}/s" if r.rows_per_s else "")
+    click.echo(f"Restored {r.tables} tables, {r.rows:,} rows in {r.restore_s or 0:.2f} s{speed}; drill "
+               f"{r.duration_s:.2f} s in all")
+    memory = [f"{what} {format_bytes(n)}" for what, n in (("process", r.peak_rss_bytes),
+                                                           ("with its children", r.tree_peak_rss_bytes)) if n]
+    if memory:
+        click.echo(f"Peak memory: {', '.join(memory)}")
+    click.echo(f"Server {r.server_version or '?'} (backup from {r.backup_server_version or '?'}), tool "
+               f"{r.tool_version or '?'}")
+    click.echo(f"Report: {r.report}")
+
+
+def summary_of_drill(r: ScheduledDrillResult) -> str:
+    if r.skipped:
+        return f"scheduled drill for slot {r.slot} skipped: {r.reason}"
+    drilled = r.drill or {}
+    return f"scheduled drill for slot {r.slot}: {drilled.get('backup')} {drilled.get('outcome')}"
 
 
 def _version(b: StoredBackup) -> str:
@@ -293,6 +334,8 @@ _RENDERERS: dict[str, tuple[type[BaseModel], Any]] = {
     "cleanup": (CleanupJobResult, render_cleanup),
     "scheduled_backup": (ScheduledBackupResult, lambda r: click.echo(summary_of_scheduled(r))),
     "databases": (DatabasesJobResult, render_databases),
+    "drill": (DrillJobResult, render_drill),
+    "scheduled_drill": (ScheduledDrillResult, lambda r: click.echo(summary_of_drill(r))),
 }
 
 

@@ -33,9 +33,11 @@ from .source import BackupSource, open_source
 def calculate_diff(backup_path: Path, *, database_url: str, detailed: bool = True,
                    progress: ProgressFn | None = None, tables: list[str] | None = None,
                    options: EngineOptions = EngineOptions(), source: BackupSource | None = None,
-                   large_objects: bool | None = None) -> DiffSummary:
+                   large_objects: bool | None = None, keyless: bool = False) -> DiffSummary:
     """What restoring the backup into `database_url` would change. `source` (an open_source() of the same file)
-    spares a second checksum pass; large_objects: count them too (default: unless `tables` selects tables)."""
+    spares a second checksum pass; large_objects: count them too (default: unless `tables` selects tables).
+    keyless: compare tables without a primary key too, as multisets of whole rows (a restore drill's proof; a
+    changed row then counts as one to insert and one to delete)."""
     pin_mmap_threshold()
     source = source or open_source(Path(backup_path), options.max_line_bytes, refuse_mismatch=False,
                                    keys=options.keys)
@@ -45,7 +47,8 @@ def calculate_diff(backup_path: Path, *, database_url: str, detailed: bool = Tru
         current = db.row_counts(db.catalog.tables)
         objects_now = db.large_objects()
         if detailed:
-            contents, details, objects = _DetailedDiff(db, database_url, source, selected, options, report).run()
+            contents, details, objects = _DetailedDiff(db, database_url, source, selected, options, report,
+                                                       keyless).run()
         else:
             contents, details, objects = _counts(source, report), {}, None
     report.flush()
@@ -109,11 +112,11 @@ def _summary(source: BackupSource, db: DiffSession, contents: Contents, current:
     )
 
 
-def _comparable(header, table: Table | None) -> bool:
-    if table is None or not table.primary_key:
+def _comparable(header, table: Table | None, keyless: bool = False) -> bool:
+    if table is None or not (table.primary_key or keyless):
         return False
     cols = {c.name: c for c in table.data_columns}
-    if set(header.columns) != set(cols) or not set(table.primary_key) <= set(header.columns):
+    if set(header.columns) != set(cols) or not set(table.primary_key or ()) <= set(header.columns):
         return False
     if header.column_types is not None:
         return all(cols[n].type_name == t for n, t in zip(header.columns, header.column_types))
@@ -134,7 +137,7 @@ class RowKeys:
     def __init__(self, columns: list[str], pk_index: list[int]):
         self.whole = pk_index == list(range(len(columns)))  # the key is the row
         self.first = pk_index == [0]  # the usual case: a one-column key in front
-        self._key_of = itemgetter(*pk_index)
+        self._key_of = itemgetter(*pk_index) if pk_index else None  # a table of no columns: `whole`
 
     def fingerprints(self, text: bytes, tag: int, totals: list[int]) -> bytes:
         """COPY binary rows (tag, key hash, row hash) for COPY text lines (each ending in a newline).
@@ -377,16 +380,20 @@ class _DetailedDiff:
     table, to be compared with the database's."""
 
     def __init__(self, db: DiffSession, url: str, source: BackupSource, selected: set[str] | None,
-                 options: EngineOptions, report: Throttle):
+                 options: EngineOptions, report: Throttle, keyless: bool = False):
         self.db, self.url, self.source, self.report = db, url, source, report
         self.max_line = options.max_line_bytes
         db_tables = db.catalog.by_key()
         self.compared: list[tuple[str, Table, list[str], RowKeys]] = []
+        self.keyless: set[int] = set()  # tables compared by their whole rows (no primary key)
         for header in source.contents.tables:
             table = db_tables.get(header.key)
-            if (selected is None or header.key in selected) and _comparable(header, table):
+            if (selected is None or header.key in selected) and _comparable(header, table, keyless):
+                key = table.primary_key or header.columns
+                if not table.primary_key:
+                    self.keyless.add(len(self.compared))
                 self.compared.append((header.key, table, header.columns,
-                                      RowKeys(header.columns, [header.columns.index(c) for c in table.primary_key])))
+                                      RowKeys(header.columns, [header.columns.index(c) for c in key])))
         self.index_of = {key: i for i, (key, _, _, _) in enumerate(self.compared)}
         # Per table and side (tag = 2 * table index + side): [rows, sum of key hashes, sum of row hashes].
         self.totals = [[0, 0, 0] for _ in range(2 * len(self.compared))]
@@ -402,7 +409,8 @@ class _DetailedDiff:
         run_copy_pipeline(self.db.cur, iter([(load, self._chunks(statements, snapshot))]),
                           on_chunk=lambda mark: mark is not None and self.report(mark))
         differing = [i for i in range(len(self.compared)) if self.totals[2 * i] != self.totals[2 * i + 1]]
-        counts = self.db.join(differing)
+        counts = self.db.join([i for i in differing if i not in self.keyless])
+        counts.update(self.db.join_rows([i for i in differing if i in self.keyless]))
         details = {key: counts.get(i, (0, 0, 0)) for i, (key, _, _, _) in enumerate(self.compared)}
         objects = self.db.large_object_changes(LARGE_OBJECT_TAG) if self._knows_objects() else None
         return self.contents, details, objects

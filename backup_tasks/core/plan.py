@@ -27,8 +27,6 @@ class RestorePlan:
 
 def plan_restore(contents: Contents, catalog: Catalog, only: list[str] | None = None) -> RestorePlan:
     """Every mismatch is collected and reported at once, by name, before the database is touched."""
-    db_tables = catalog.by_key()
-    problems: list[str] = []
     selected = None
     if only:
         in_backup = {t.key for t in contents.tables}
@@ -38,6 +36,24 @@ def plan_restore(contents: Contents, catalog: Catalog, only: list[str] | None = 
                              hint="Table names as `backupctl diff FILE` prints them (schema.table outside public).")
         selected = set(only)
 
+    loads, problems = _match(contents, catalog, selected)
+    if problems:
+        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
+        raise SchemaMismatchError("the database schema does not match the backup: " + "; ".join(shown))
+
+    backup_keys = {t.key for t in contents.tables}
+    emptied = [] if selected is not None else [t for t in catalog.tables if t.key not in backup_keys]
+    return RestorePlan(loads, emptied)
+
+
+def schema_mismatches(contents: Contents, catalog: Catalog) -> list[str]:
+    """Every way the database's tables and columns differ from the backup's, by name (empty: a restore fits)."""
+    return _match(contents, catalog, None)[1]
+
+
+def _match(contents: Contents, catalog: Catalog, selected: set[str] | None) -> tuple[dict[str, TablePlan], list[str]]:
+    db_tables = catalog.by_key()
+    problems: list[str] = []
     loads: dict[str, TablePlan] = {}
     for header in contents.tables:
         if selected is not None and header.key not in selected:
@@ -60,10 +76,4 @@ def plan_restore(contents: Contents, catalog: Catalog, only: list[str] | None = 
             if col.name not in header.columns:
                 problems.append(f"column {header.key}.{col.name} is in the database but not in the backup")
         loads[header.key] = TablePlan(header, table)
-    if problems:
-        shown = problems[:20] + ([f"... and {len(problems) - 20} more"] if len(problems) > 20 else [])
-        raise SchemaMismatchError("the database schema does not match the backup: " + "; ".join(shown))
-
-    backup_keys = {t.key for t in contents.tables}
-    emptied = [] if selected is not None else [t for t in catalog.tables if t.key not in backup_keys]
-    return RestorePlan(loads, emptied)
+    return loads, problems

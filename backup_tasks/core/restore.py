@@ -32,18 +32,21 @@ BIG_TABLE_BYTES = 4 << 20
 def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: str, dry_run: bool = False,
                    tables: list[str] | None = None, progress: ProgressFn | None = None,
                    options: EngineOptions = EngineOptions(), large_objects: bool | None = None,
-                   before_commit: Callable[[], None] | None = None) -> RestoreResult:
+                   before_commit: Callable[[], None] | None = None,
+                   source: BackupSource | None = None) -> RestoreResult:
     """Restore the backup into the database at `database_url`.
 
     show_diff computes the seed's per-table row counts first (result.diff: from the backup's manifest and the
     database, without reading the file twice); dry_run computes the full row-level diff and changes nothing.
     large_objects: None restores them with a full restore and leaves them alone with `tables`; True/False force.
     before_commit: raises to roll back at the last moment (the caller's job lock was lost, say).
+    source: the file already opened (open_source: its checksum checked), so a drill does not hash it twice.
     Raises a BackupError (a RuntimeError); on any failure nothing was changed.
     """
     pin_mmap_threshold()
     started = time.monotonic()
-    source = open_source(Path(backup_path), options.max_line_bytes, keys=options.keys)  # a changed file is refused here
+    source = source or open_source(Path(backup_path), options.max_line_bytes,
+                                   keys=options.keys)  # a changed file is refused here
     tables = tables or None
     with_objects = _restores_large_objects(source, tables, large_objects)
     if dry_run:

@@ -137,6 +137,12 @@ def effective(base: Settings, name: str, table: dict[str, Any], where: str, url:
     updates.setdefault("BACKUP_DIR", Path(base.BACKUP_DIR) / name)
     updates.setdefault("S3_PREFIX", join_prefix(base.S3_PREFIX, name))
     updates["DATABASE_URL"] = SecretStr(url or "")
+    drill_env = table.get("drill_url_env")
+    if drill_env is not None:  # each database its own scratch database (schemas differ); else DRILL_DATABASE_URL
+        if not isinstance(drill_env, str) or not ENV_NAME_RE.fullmatch(drill_env):
+            raise ConfigError(f"{where}: drill_url_env is the name of the environment variable holding the "
+                              "database's scratch database URL", hint=FILE_HINT)
+        updates["DRILL_DATABASE_URL"] = SecretStr(env_url(base, drill_env)[0] or "")
     try:
         return Settings.model_validate({**base.model_dump(), **updates})
     except ValidationError as exc:

@@ -16,7 +16,8 @@ DEFAULT_NAME = "default"
 # A name becomes a directory, an S3 prefix, a Redis key and a metric label: nothing that could be a path.
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-TABLE_KEYS = frozenset({"url_env", "discover", "include", "exclude"})  # what a table says besides settings
+# What a table says besides settings; drill_url_env names the variable holding its own scratch database for drills.
+TABLE_KEYS = frozenset({"url_env", "drill_url_env", "discover", "include", "exclude"})
 ALIASES = {"compression": "BACKUP_COMPRESSION_LEVEL", "dir": "BACKUP_DIR"}
 # Settings of the whole deployment (one broker, one metrics endpoint, the file itself): never per database.
 DEPLOYMENT_WIDE = frozenset({"BACKUP_DATABASES_FILE", "BACKUP_DB", "BACKUP_METRICS_ADDRESS", "BACKUP_METRICS_PORT",

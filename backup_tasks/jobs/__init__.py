@@ -82,4 +82,4 @@ __all__ = ["DEPLOYMENT_JOBS", "Database", "EXCLUSIVE", "SHARED", "JOBS", "databa
 
 def _load() -> None:
     # Importing the modules registers their jobs.
-    from . import db, deployment, storage  # noqa: F401
+    from . import db, deployment, drill, storage  # noqa: F401

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from .. import dsn
-from ..models import BackupResult, DiffSummary, RestoreResult, VerifyResult
+from ..models import BackupResult, DiffSummary, DrillReport, RestoreResult, VerifyResult
 
 
 class WorkerTarget(BaseModel):
@@ -33,6 +33,24 @@ class WorkerTarget(BaseModel):
                    description=target.describe())
 
 
+class DrillStatus(BaseModel):
+    """A backup's last drill, as a listing shows it: from its `<backup>.drill.json`."""
+
+    outcome: str  # ok | failed | error | unreadable
+    finished_at: datetime | None = None
+    detail: str | None = None  # the failure, one line
+
+    @classmethod
+    def of(cls, data: bytes | None) -> DrillStatus | None:
+        if data is None:
+            return None
+        try:
+            report = DrillReport.model_validate_json(data)
+        except ValueError as exc:
+            return cls(outcome="unreadable", detail=str(exc).splitlines()[0])
+        return cls(outcome=report.outcome, finished_at=report.finished_at, detail=report.error)
+
+
 class StoredBackup(BaseModel):
     name: str
     size: int
@@ -42,6 +60,7 @@ class StoredBackup(BaseModel):
     location: str = "local"
     sidecars: list[str] = Field(default_factory=list)  # kinds of names.SIDECARS stored next to it
     unreadable: str | None = None  # why its head could not be read, when the listing tried
+    drill: DrillStatus | None = None  # its last restore drill (None: never drilled)
 
 
 class ListingJobResult(BaseModel):
@@ -129,6 +148,15 @@ class ScheduledBackupResult(BaseModel):
     cleanup: CleanupJobResult | None = None
 
 
+class ScheduledDrillResult(BaseModel):
+    slot: str
+    database: str | None = None  # the PostgreSQL database's own name
+    db: str | None = None  # its name in this deployment
+    skipped: bool
+    reason: str | None = None
+    drill: dict[str, Any] | None = None  # a DrillJobResult
+
+
 class NewestBackup(BaseModel):
     location: str
     where: str
@@ -156,3 +184,7 @@ class DatabasesJobResult(BaseModel):
     file: str | None = None  # BACKUP_DATABASES_FILE; None: the one database of DATABASE_URL
     databases: list[DatabaseSummary]
     problems: dict[str, str] = Field(default_factory=dict)  # servers whose discovery failed, and why
+
+
+class DrillJobResult(DrillReport):
+    report: str  # where the report was stored: a path, or s3://bucket/prefix/<backup>.drill.json

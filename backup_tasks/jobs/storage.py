@@ -27,6 +27,7 @@ from .results import (
     CleanupJobResult,
     CleanupLocation,
     DownloadJobResult,
+    DrillStatus,
     ListingJobResult,
     S3Source,
     StoredBackup,
@@ -45,7 +46,18 @@ def stored(info: BackupInfo) -> StoredBackup:
 
 def _listing(storage: Storage, backups: list[BackupInfo], details: bool) -> dict[str, Any]:
     return ListingJobResult(location=storage.kind, where=storage.location(), details=details,
-                            backups=[stored(i) for i in backups]).model_dump(mode="json")
+                            backups=[_with_drill(storage, i) for i in backups]).model_dump(mode="json")
+
+
+def _with_drill(storage: Storage, info: BackupInfo) -> StoredBackup:
+    """The backup with its last drill: one read (a GET on S3) per backup the listing shows a report for."""
+    out = stored(info)
+    if "drill" in info.sidecars:
+        try:
+            out.drill = DrillStatus.of(storage.get_sidecar(info.name, "drill"))
+        except BackupError as exc:
+            out.drill = DrillStatus(outcome="unreadable", detail=exc.message)
+    return out
 
 
 @job("list_local")

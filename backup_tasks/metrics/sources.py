@@ -92,13 +92,10 @@ def newest_drill(storage: Storage, backups: list[BackupInfo]) -> DrillFacts | No
 
 
 def drill_outcome(report: dict[str, Any]) -> tuple[bool | None, float | None]:
-    """(passed, finished as Unix time) from a drill report; None where the report does not say."""
-    ok = report.get("ok", report.get("success", report.get("passed")))
-    if not isinstance(ok, bool):
-        status = str(report.get("outcome") or report.get("status") or "").lower()
-        ok = True if status in ("ok", "success", "passed") else False if status in ("failed", "failure") else None
-    when = next((report[k] for k in ("finished_at", "timestamp", "time", "started_at") if report.get(k)), None)
-    return ok, _unix(when)
+    """(passed, finished as Unix time) from a drill report (models.DrillReport, written by jobs/drill.py: `ok`
+    and `finished_at`); None where the report does not say."""
+    ok = report.get("ok")
+    return (ok if isinstance(ok, bool) else None), _unix(report.get("finished_at"))
 
 
 def _unix(value: Any) -> float | None:

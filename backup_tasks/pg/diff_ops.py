@@ -77,6 +77,21 @@ class DiffSession:
             "GROUP BY 1").format(_TEMP), (tags, tags))
         return {int(i): (int(ins), int(dele), int(chg)) for i, ins, dele, chg in self.cur.fetchall()}
 
+    def join_rows(self, tables: list[int]) -> dict[int, tuple[int, int, int]]:
+        """(to insert, to delete, 0) for tables without a key, whose fingerprints' key is the whole row: the rows
+        are multisets (a row may occur twice), so each row's count on one side is set against the other's."""
+        if not tables:
+            return {}
+        self.cur.execute(sql.SQL("ANALYZE {}").format(_TEMP))
+        tags = [2 * i for i in tables]
+        self.cur.execute(sql.SQL(
+            "SELECT coalesce(b.t, c.t) / 2, sum(greatest(coalesce(b.n, 0) - coalesce(c.n, 0), 0)), "
+            "sum(greatest(coalesce(c.n, 0) - coalesce(b.n, 0), 0)) "
+            "FROM (SELECT t, k, count(*) AS n FROM {0} WHERE t = ANY(%s) GROUP BY 1, 2) b "
+            "FULL JOIN (SELECT t - 1 AS t, k, count(*) AS n FROM {0} WHERE t - 1 = ANY(%s) GROUP BY 1, 2) c "
+            "ON b.t = c.t AND b.k = c.k GROUP BY 1").format(_TEMP), (tags, tags))
+        return {int(i): (int(ins), int(dele), 0) for i, ins, dele in self.cur.fetchall()}
+
     def large_object_changes(self, tag: int) -> tuple[int, int]:
         """(to insert, to delete): the file's large objects (fingerprint rows under `tag`, the oid as the key)
         against the database's, by oid."""
