@@ -425,3 +425,26 @@ def test_an_age_file_under_a_plain_backup_name_is_listed_as_encrypted(encrypted_
     assert listed.returncode == 0, listed.stderr
     line = next(line for line in listed.stdout.splitlines() if plain_name.name + " " in line)
     assert "unreadable: age-encrypted" in line, listed.stdout
+
+
+# --- restore drills (issue 16) on encrypted backups --------------------------------------------------------------
+
+def test_an_encrypted_backup_drills_ok_with_the_identity_and_fails_with_exit_12_without(shop, make_db, backup_dir,
+                                                                                        keys):
+    from tests.test_drill import report_of
+
+    _, scratch = make_db()
+    run_sql(scratch, "CREATE TABLE items (id int PRIMARY KEY, v text, blob bytea);"
+                     "CREATE TABLE notes (id serial PRIMARY KEY, v text);")
+    env = cli_env(shop, backup_dir, BACKUP_AGE_RECIPIENTS=keys["public"], DRILL_DATABASE_URL=scratch)
+    assert ctl(env, "create", "--local").returncode == 0
+    backup = only_backup(backup_dir)
+    empty = snapshot(scratch)
+    refused = ctl({**env, "BACKUP_AGE_IDENTITY_FILE": str(keys["other_file"])}, "drill", "--local")
+    assert refused.returncode == ExitCode.DECRYPTION, refused.stdout + refused.stderr
+    assert "Traceback" not in refused.stderr and keys["public"] in refused.stderr
+    assert_same(empty, snapshot(scratch))  # nothing restored
+    done = ctl({**env, "BACKUP_AGE_IDENTITY_FILE": str(keys["file"])}, "drill", "--local")
+    assert done.returncode == 0 and ": OK" in done.stdout, done.stdout + done.stderr
+    assert report_of(backup)["ok"] is True
+    assert_same(snapshot(shop), snapshot(scratch))
