@@ -23,7 +23,7 @@ class ExitCode(IntEnum):
     QUEUE = 9  # broker or worker unreachable
     ABORTED = 10  # the user declined, or no terminal to confirm on
     STALE = 11  # `check`: the newest good backup is too old
-    # 12 belongs to the age encryption branch.
+    DECRYPTION = 12  # encrypted backup: no identity, a wrong one, or ciphertext that fails authentication
     DRILL_STALE = 13  # `check --max-drill-age`: the newest successful restore drill is too old, or there is none
     DRILL_FAILED = 14  # a restore drill ran and the backup did not restore exactly (report next to the backup)
     INTERRUPTED = 130
@@ -122,6 +122,14 @@ class AbortedError(BackupError):
 
 class StaleBackupError(BackupError):
     exit_code = ExitCode.STALE
+
+
+class DecryptionError(BackupError):
+    """An age-encrypted backup that cannot be decrypted: no identity configured, none that matches, or
+    ciphertext that fails authentication. Nothing was changed."""
+
+    exit_code = ExitCode.DECRYPTION
+    default_hint = "Set BACKUP_AGE_IDENTITY_FILE to an identity the backup was encrypted for."
 
 
 class DrillStaleError(BackupError):

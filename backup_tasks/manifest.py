@@ -43,6 +43,9 @@ class Manifest(BaseModel):
     large_objects: int = 0
     large_object_bytes: int = 0
     not_included: list[dict[str, Any]] = Field(default_factory=list)
+    # The age public keys the backup was encrypted to (empty: not encrypted). The age header does not name its
+    # recipients, so this is how a wrong identity's error can say which key is needed.
+    recipients: list[str] = Field(default_factory=list)
 
     model_config = ConfigDict(extra="allow")
 

@@ -113,6 +113,7 @@ class BackupResult(BaseModel):
     not_included: list[NotIncludedItem] = Field(default_factory=list)
     parts: int = 1  # written by this many parts (a parallel backup), assembled in order
     part_writers: int | None = None  # processes that wrote the parts (queued parallel backups)
+    recipients: list[str] = Field(default_factory=list)  # age public keys it was encrypted to (empty: plain)
 
 
 class TableDiff(BaseModel):
@@ -180,6 +181,7 @@ class VerifyResult(BaseModel):
     sha256: str | None = None
     checksum: str = "unknown"  # "ok" | "missing" (no sidecar recorded) | "mismatch"
     problems: list[str] = Field(default_factory=list)
+    encrypted: bool = False  # an age file (decrypted and authenticated to its end by the verification)
 
 
 # --- restore drills (README "Restore drills"): the report stored next to a backup as <backup>.drill.json ---------

@@ -1,4 +1,7 @@
-"""Backup file names: the one place that knows `backup_YYYYMMDD_HHMMSS[_N].backup.gz`.
+"""Backup file names: the one place that knows `backup_YYYYMMDD_HHMMSS[_N].backup.gz[.age]`.
+
+`.age` marks a backup encrypted with age (archive/encryption.py); readers decide by the file's own first bytes,
+the name only tells listings and people which backups need an identity.
 
 Backups are found by parsing this exact pattern, never by substring, and every name that enters from outside
 (CLI, task arguments, S3 listings) goes through validate_name() before it touches a path or a key.
@@ -13,17 +16,22 @@ from pathlib import Path
 from .errors import UsageError
 
 SUFFIX = ".backup.gz"
+ENCRYPTED_SUFFIX = ".age"
 CHECKSUM_SUFFIX = ".sha256"
 # Small files that travel with a backup, named `<backup name><suffix>`: its SHA-256 (sha256sum format), its
 # manifest (manifest.py) and its last restore drill's report. Never backup names themselves.
 SIDECARS = {"sha256": CHECKSUM_SUFFIX, "manifest": ".manifest.json", "drill": ".drill.json"}
-_NAME_RE = re.compile(r"backup_(\d{8})_(\d{6})(?:_(\d{1,4}))?\.backup\.gz")
+_NAME_RE = re.compile(r"backup_(\d{8})_(\d{6})(?:_(\d{1,4}))?\.backup\.gz(?:\.age)?")
 
 
-def make_name(when: datetime, sequence: int = 0) -> str:
+def make_name(when: datetime, sequence: int = 0, encrypted: bool = False) -> str:
     """Name for a backup taken at `when` (UTC). `sequence` > 0 separates backups taken in the same second."""
     stamp = when.astimezone(timezone.utc).strftime("%Y%m%d_%H%M%S")
-    return f"backup_{stamp}{f'_{sequence}' if sequence else ''}{SUFFIX}"
+    return f"backup_{stamp}{f'_{sequence}' if sequence else ''}{SUFFIX}{ENCRYPTED_SUFFIX if encrypted else ''}"
+
+
+def is_encrypted_name(name: str) -> bool:
+    return is_backup_name(name) and name.endswith(SUFFIX + ENCRYPTED_SUFFIX)
 
 
 def parse_name(name: str) -> tuple[datetime, int] | None:
@@ -47,7 +55,8 @@ def validate_name(name: str) -> str:
     if not isinstance(name, str) or not is_backup_name(name):
         raise UsageError(
             f"not a backup name: {name!r}",
-            hint="A backup name looks like backup_20251101_123456.backup.gz (no directories).",
+            hint="A backup name looks like backup_20251101_123456.backup.gz (or .backup.gz.age when encrypted; "
+                 "no directories).",
         )
     return name
 

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         128 * 1024 * 1024, ge=1024 * 1024,
         description="a parallel backup splits tables bigger than this into page ranges of about half of it"
     )
+    # age encryption (archive/encryption.py): public keys to encrypt every backup to (comma-separated), or a file
+    # of them one per line; the identity file (secret keys) readers decrypt with. Only a path is a setting here:
+    # the secret key is read from the file when an encrypted backup is read, never held in settings.
+    BACKUP_AGE_RECIPIENTS: str | None = None
+    BACKUP_AGE_RECIPIENTS_FILE: Path | None = None
+    BACKUP_AGE_IDENTITY_FILE: Path | None = None
     BACKUP_BATCH_BYTES: int = Field(
         4 * 1024 * 1024, ge=64 * 1024,
         description="rows are fetched and written in batches of about this many bytes (at least one row)"

@@ -18,6 +18,7 @@ import ijson
 from ..errors import InvalidBackupError
 
 HEAD_BYTES = 64 << 10
+AGE_MAGIC = b"age-encryption.org/v1\n"  # archive/encryption.MAGIC, without importing pyrage into listings
 COMPRESSED_BYTES = 1 << 20  # more than this for HEAD_BYTES of data: a gzip header with a huge name or extra field
 _READ = 16 << 10
 _NOT_A_STRING = {"number", "boolean", "start_map", "start_array"}
@@ -65,6 +66,10 @@ class InflatedHead:
             self.stop = "bound"
             return False
         self._pending = self._stream.read(min(_READ, COMPRESSED_BYTES - self.taken))
+        if not self.taken and self._pending.startswith(AGE_MAGIC):
+            # Listings never decrypt; a backup encrypted by this tool is named .age and listed from its manifest.
+            raise InvalidBackupError("age-encrypted (name it …backup.gz.age: its migration version is then read "
+                                     "from its manifest)")
         if not self._pending:
             if not self.taken:
                 raise InvalidBackupError("empty file")

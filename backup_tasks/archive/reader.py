@@ -20,6 +20,7 @@ from isal import igzip
 from pydantic import ValidationError
 
 from ..errors import InvalidBackupError, NotFoundError
+from .encryption import NO_KEYS, Keys, open_decrypted
 from ..models import FORMAT_VERSION, BackupMetadata
 from ..tablekey import parse_table_key, table_key
 
@@ -84,9 +85,10 @@ def _bad(message: str, hint: str | None = None) -> InvalidBackupError:
 
 
 class _Source:
-    """Decompressed bytes of the file, with gzip and I/O errors turned into InvalidBackupError."""
+    """Decompressed bytes of the file, with gzip and I/O errors turned into InvalidBackupError. An age-encrypted
+    file (told by its first bytes, not its name) is decrypted on the way, in the same pass."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, keys: Keys = NO_KEYS):
         try:
             self._raw = open(path, "rb")
         except FileNotFoundError:
@@ -98,7 +100,12 @@ class _Source:
         if self.compressed_size == 0:
             self._raw.close()
             raise _bad(f"{path.name} is empty")
-        self._gz = igzip.IGzipFile(fileobj=self._raw, mode="rb")
+        try:
+            self._plain = open_decrypted(self._raw, keys, path.name)
+        except BaseException:
+            self._raw.close()
+            raise
+        self._gz = igzip.IGzipFile(fileobj=self._plain, mode="rb")
         self.name = path.name
         self.uncompressed = 0
 
@@ -127,6 +134,8 @@ class _Source:
         try:
             self._gz.close()
         finally:
+            if self._plain is not self._raw:
+                self._plain.close()
             self._raw.close()
 
 
@@ -392,19 +401,24 @@ class TableRows:
 class BackupReader:
     """`with BackupReader(path) as r:` then `r.metadata` and `for table in r.tables(): ...`."""
 
-    def __init__(self, path: Path, max_line: int = 512 << 20, parse_rows: bool = True):
+    def __init__(self, path: Path, max_line: int = 512 << 20, parse_rows: bool = True, keys: Keys = NO_KEYS):
         self.path = Path(path)
         self.max_line = max_line
+        self.keys = keys
         # parse_rows=False (own layout only): batches are RawBlocks (lines and a row count), not parsed rows;
         # the document's structure and every table's row_count are still checked.
         self.parse_rows = parse_rows
-        self.src = _Source(self.path)
+        self.src = _Source(self.path, keys)
         self.metadata: BackupMetadata | None = None
         self.finished = False
         self._seen: set[str] = set()
         self._lines: _Lines | None = None
         self._generic = None
-        self._fast = self._detect()
+        try:
+            self._fast = self._detect()
+        except BaseException:
+            self.src.close()  # and with it the decrypting thread, if any
+            raise
 
     # -- setup ---------------------------------------------------------------------------------------
     def _detect(self) -> bool:
@@ -424,7 +438,7 @@ class BackupReader:
                 return True
         # Not our line layout: start over with the generic event parser.
         self.src.close()
-        self.src = _Source(self.path)
+        self.src = _Source(self.path, self.keys)
         from ._generic import GenericParser
 
         self._generic = GenericParser(self.src, self.path.name, self._new_table_header, self.max_line)
@@ -587,10 +601,10 @@ class BackupReader:
 
 def scan(path: Path, max_line: int = 512 << 20,
          on_progress: Callable[[BackupReader, TableHeader, int], None] | None = None,
-         parse_rows: bool = True) -> Contents:
+         parse_rows: bool = True, keys: Keys = NO_KEYS) -> Contents:
     """Read the whole file once and check it; returns its metadata and table list (no rows are kept).
     parse_rows=False only counts rows (fast; for row counts before a restore that checks every row anyway)."""
-    with BackupReader(path, max_line, parse_rows=parse_rows) as reader:
+    with BackupReader(path, max_line, parse_rows=parse_rows, keys=keys) as reader:
         tables: list[TableHeader] = []
         chunks = None
         for table in reader.tables():
@@ -606,9 +620,10 @@ def scan(path: Path, max_line: int = 512 << 20,
         return Contents(reader.metadata, tables, reader.src.uncompressed, large_object_chunks=chunks)
 
 
-def read_metadata(path: Path, max_line: int = 512 << 20) -> BackupMetadata:
-    """The metadata at the head of the file, without reading the rows (generic files: parsed up to it)."""
-    with BackupReader(Path(path), max_line) as reader:
+def read_metadata(path: Path, max_line: int = 512 << 20, keys: Keys = NO_KEYS) -> BackupMetadata:
+    """The metadata at the head of the file, without reading the rows (generic files: parsed up to it). Of an
+    encrypted file only the first chunks are decrypted: the thread stops when the reader is closed."""
+    with BackupReader(Path(path), max_line, keys=keys) as reader:
         if reader.metadata is None:
             for table in reader.tables():
                 for _ in table.batches():
@@ -616,9 +631,9 @@ def read_metadata(path: Path, max_line: int = 512 << 20) -> BackupMetadata:
         return reader.metadata
 
 
-def read_contents_fast(path: Path, max_line: int = 512 << 20) -> Contents | None:
+def read_contents_fast(path: Path, max_line: int = 512 << 20, keys: Keys = NO_KEYS) -> Contents | None:
     """The table of contents from the metadata alone, when the file carries one; None otherwise."""
-    meta = read_metadata(path, max_line)
+    meta = read_metadata(path, max_line, keys)
     if not meta.contents:
         return None
     tables = [TableHeader(c.key, c.schema_name, c.name, list(c.columns), list(c.column_types)) for c in meta.contents]

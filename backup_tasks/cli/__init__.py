@@ -22,7 +22,7 @@ def cli() -> None:
 
 def register_commands() -> None:
     """Import the command modules, which add their commands to `cli` (main does; so do in-process tests)."""
-    from . import db_commands, fleet_commands, job_commands, storage_commands  # noqa: F401
+    from . import db_commands, fleet_commands, job_commands, key_commands, storage_commands  # noqa: F401
 
 
 def main() -> None:

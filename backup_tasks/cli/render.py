@@ -72,6 +72,9 @@ def render_create(r: CreateJobResult) -> None:
     for item in r.not_included:
         click.echo(f"Not included: {item.kind} {item.name} ({item.reason})")
     click.echo(f"Backup size: {format_bytes(r.uncompressed_bytes)} → {format_bytes(r.compressed_bytes)} (compressed)")
+    if r.recipients:
+        count = len(r.recipients)
+        click.echo(f"Encrypted with age to {count} recipient{'s' if count != 1 else ''}: {', '.join(r.recipients)}")
     if r.parts > 1:
         writers = f" by {r.part_writers} process{'es' if r.part_writers != 1 else ''}" if r.part_writers else ""
         click.echo(f"Written in {r.parts} parts{writers}, in one snapshot")
@@ -183,6 +186,8 @@ def render_verify(v: VerifyJobResult) -> None:
     click.echo(f"  tables: {v.tables}, rows: {v.rows}, uncompressed: {format_bytes(v.uncompressed_bytes)}")
     checksum = {"ok": "matches the recorded SHA-256", "missing": "no SHA-256 recorded (sidecar missing)"}
     click.echo(f"  checksum: {checksum.get(v.checksum, v.checksum)}")
+    if v.encrypted:
+        click.echo("  encryption: age, every chunk authenticated")
 
 
 def render_listing(listing: ListingJobResult) -> None:

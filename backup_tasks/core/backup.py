@@ -21,7 +21,7 @@ from ..pg.connection import connection
 from ..pg.largeobjects import read_chunks
 from ..pg.snapshot import END, SnapshotInfo, iter_table_batches, open_backup_snapshot
 from ..progress import Progress, ProgressFn, Throttle
-from .destination import Destination, LocalDestination, writing
+from .destination import Destination, LocalDestination, begin_sealed, stored_digest, writing
 from .options import EngineOptions
 
 DEFAULT_OUTPUT_DIR = Path("./backups")  # the seed's default
@@ -47,13 +47,13 @@ def run_backup(output_dir: Path | None = None, *, database_url: str, progress: P
         snap = open_backup_snapshot(conn, options.lock_timeout_s)
         metadata = backup_metadata(snap, dsn.parse(database_url).host)
         with writing(destination):
-            writer = ArchiveWriter(sink=destination.begin(snap.taken_at, snap.migration_version),
-                                   compresslevel=options.compress_level)
+            sink = begin_sealed(destination, snap.taken_at, snap.migration_version, options.keys)
+            writer = ArchiveWriter(sink=sink, compresslevel=options.compress_level)
             try:
                 writer.begin(metadata_document(metadata))
                 written = _write_tables(writer, conn, snap, options, Throttle(progress))
                 lo_bytes = _write_large_objects(writer, conn, snap, options, Throttle(progress))
-                compressed, digest = writer.finish()
+                compressed, digest = stored_digest(sink, writer.finish())
             except BaseException:
                 writer.close()
                 raise
@@ -62,7 +62,7 @@ def run_backup(output_dir: Path | None = None, *, database_url: str, progress: P
                 database_name=snap.database, tables=written, total_rows=sum(r.rows for r in written),
                 uncompressed_bytes=writer.uncompressed_bytes, compressed_bytes=compressed, sha256=digest,
                 duration_s=0.0, large_objects=len(snap.large_objects), large_object_bytes=lo_bytes,
-                not_included=metadata.not_included,
+                not_included=metadata.not_included, recipients=list(options.keys.recipients),
             )
             name, where = destination.publish(digest, manifest_of(result, metadata))
     return result.model_copy(update={"name": name, "path": where,
@@ -157,7 +157,7 @@ def manifest_of(result: BackupResult, metadata: BackupMetadata) -> Manifest:
         format_version=metadata.format_version, tables={t.name: t.rows for t in result.tables},
         total_rows=result.total_rows, large_objects=result.large_objects,
         large_object_bytes=result.large_object_bytes,
-        not_included=[n.model_dump() for n in result.not_included],
+        not_included=[n.model_dump() for n in result.not_included], recipients=list(result.recipients),
     )
 
 

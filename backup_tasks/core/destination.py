@@ -4,6 +4,9 @@ A directory: the backup is written under a hidden temporary name and linked to i
 with its SHA-256 sidecar and manifest (a reader never sees half a backup under a backup name). S3: the backup is
 streamed into a multipart upload (storage/s3_upload.py) that becomes the object when it completes, its SHA-256
 recorded on it and its manifest beside it; nothing is written to the local disk.
+
+Encrypted (EngineOptions.keys has recipients): the destination's sink is wrapped by sealed(), so only ciphertext
+reaches the file or the upload, and the checksum and sizes recorded are the ciphertext's (stored_digest()).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterator, Protocol
 
+from ..archive.encryption import EncryptingSink, Keys
 from ..archive.writer import FileSink, Sink
 from ..checksum import sidecar_path, write_sidecar
 from ..errors import StorageError
@@ -29,8 +33,8 @@ class Destination(Protocol):
     def prepare(self) -> None:
         """Before the snapshot is taken: fail early when the backup could not be written there."""
 
-    def begin(self, taken_at: datetime, migration_version: str | None) -> Sink:
-        """The sink the backup's bytes go into."""
+    def begin(self, taken_at: datetime, migration_version: str | None, encrypted: bool = False) -> Sink:
+        """The sink the backup's bytes go into (under an encrypted backup's name when `encrypted`)."""
 
     def publish(self, digest: str, manifest: Manifest) -> tuple[str, str]:
         """After the sink finished: give the backup its name (and sidecars); returns (name, where it is)."""
@@ -46,6 +50,7 @@ class LocalDestination:
         self.directory = Path(directory)
         self.tmp: Path | None = None
         self.taken_at: datetime | None = None
+        self.encrypted = False
 
     def prepare(self) -> None:
         try:
@@ -54,9 +59,9 @@ class LocalDestination:
             raise StorageError(f"cannot create backup directory {self.directory}: {exc.strerror}") from None
         sweep_stale_partials(self.directory)
 
-    def begin(self, taken_at: datetime, migration_version: str | None) -> Sink:
-        self.taken_at = taken_at
-        self.tmp = self.directory / f".{make_name(taken_at)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    def begin(self, taken_at: datetime, migration_version: str | None, encrypted: bool = False) -> Sink:
+        self.taken_at, self.encrypted = taken_at, encrypted
+        self.tmp = self.directory / f".{make_name(taken_at, 0, encrypted)}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         with disk_errors(self.directory):
             return FileSink(self.tmp)
 
@@ -70,7 +75,7 @@ class LocalDestination:
     def _link(self) -> Path:
         """Give the finished file its backup name without ever replacing another backup (link fails if taken)."""
         for sequence in range(0, 10000):
-            final = self.directory / make_name(self.taken_at, sequence)
+            final = self.directory / make_name(self.taken_at, sequence, self.encrypted)
             try:
                 os.link(self.tmp, final)
             except FileExistsError:
@@ -127,7 +132,7 @@ def sweep_stale_partials(directory: Path) -> None:
     for assembly at most as long as its backup runs. They never look like backups (hidden); this only gives
     their disk space back."""
     now = time.time()
-    stale = [(p, STALE_PARTIAL_S) for p in directory.glob(".backup_*.backup.gz.tmp-*")]
+    stale = [(p, STALE_PARTIAL_S) for p in directory.glob(".backup_*.backup.gz*.tmp-*")]
     stale += [(p, STALE_PART_S) for p in directory.glob(PART_FILE_PREFIX + "*")]
     for partial, age in stale:
         try:
@@ -159,8 +164,8 @@ class S3Destination:
     def prepare(self) -> None:
         pass
 
-    def begin(self, taken_at: datetime, migration_version: str | None) -> Sink:
-        self.name = self.storage.free_name(taken_at)
+    def begin(self, taken_at: datetime, migration_version: str | None, encrypted: bool = False) -> Sink:
+        self.name = self.storage.free_name(taken_at, encrypted)
         self._sink = self.storage.begin_backup(self.name, migration_version)
         return self._sink
 
@@ -172,6 +177,18 @@ class S3Destination:
     def discard(self) -> None:
         if self._sink is not None:
             self._sink.abort()
+
+
+def begin_sealed(destination: Destination, taken_at: datetime, migration_version: str | None, keys: Keys) -> Sink:
+    """The destination's sink, age-encrypting to `keys.recipients` when there are any (else the sink itself)."""
+    sink = destination.begin(taken_at, migration_version, keys.encrypts)
+    return EncryptingSink(sink, keys.recipients) if keys.encrypts else sink
+
+
+def stored_digest(sink: Sink, written: tuple[int, str]) -> tuple[int, str]:
+    """(size, sha256) of the bytes the destination holds: the ciphertext's when `sink` encrypted, else `written`
+    (what the writer counted on its way into the sink)."""
+    return sink.stored if isinstance(sink, EncryptingSink) else written
 
 
 @contextmanager

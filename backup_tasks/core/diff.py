@@ -39,7 +39,8 @@ def calculate_diff(backup_path: Path, *, database_url: str, detailed: bool = Tru
     keyless: compare tables without a primary key too, as multisets of whole rows (a restore drill's proof; a
     changed row then counts as one to insert and one to delete)."""
     pin_mmap_threshold()
-    source = source or open_source(Path(backup_path), options.max_line_bytes, refuse_mismatch=False)
+    source = source or open_source(Path(backup_path), options.max_line_bytes, refuse_mismatch=False,
+                                   keys=options.keys)
     selected = set(tables) if tables else None
     report = Throttle(progress)
     with diff_session(database_url) as db:
@@ -64,7 +65,7 @@ def _counts(source: BackupSource, report: Throttle) -> Contents:
     def on_progress(reader, header, rows) -> None:
         report(Progress("diff", header.key, rows, None, reader.compressed_done, reader.compressed_size))
 
-    return scan(source.path, source.max_line, on_progress, parse_rows=False)
+    return scan(source.path, source.max_line, on_progress, parse_rows=False, keys=source.keys)
 
 
 def _objects_diff(source: BackupSource, current: int, detail: tuple[int, int] | None) -> TableDiff | None:
@@ -424,7 +425,8 @@ class _DetailedDiff:
         database = _DatabaseRows(stream)
         try:
             headers = []
-            with BackupReader(self.source.path, self.max_line, parse_rows=not self.source.trusted) as reader:
+            with BackupReader(self.source.path, self.max_line, parse_rows=not self.source.trusted,
+                              keys=self.source.keys) as reader:
                 for table_rows in reader.tables():
                     if table_rows.header.kind == LARGE_OBJECTS:
                         yield from self._objects(table_rows)

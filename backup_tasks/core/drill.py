@@ -97,7 +97,7 @@ class _Drill:
 
     def checksum(self) -> None:
         with self.step("checksum") as check:
-            self.source = source = open_source(self.path, self.options.max_line_bytes)
+            self.source = source = open_source(self.path, self.options.max_line_bytes, keys=self.options.keys)
             if source.verified is None:
                 check.ok, check.detail = False, "no recorded SHA-256 to check the file against (no .sha256 sidecar)"
                 return

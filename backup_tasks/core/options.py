@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..archive.encryption import NO_KEYS, Keys
+
 MiB = 1 << 20
 
 
@@ -24,6 +26,8 @@ class EngineOptions:
     # A parallel backup splits a table bigger than this (heap and TOAST) into page ranges of about half of it, and
     # groups smaller tables into parts of about that size.
     split_min_bytes: int = 128 * MiB
+    # age: the public keys every backup is encrypted to (none: not encrypted), the identity file readers decrypt with.
+    keys: Keys = NO_KEYS
 
     def with_(self, **changes) -> EngineOptions:
         return replace(self, **changes)

@@ -25,6 +25,7 @@ from isal import igzip
 from .. import dsn, errors
 from ..archive import document
 from ..archive.reader import LARGE_OBJECT_COLUMNS, LARGE_OBJECTS
+from ..archive.encryption import PartKey
 from ..archive.writer import Sink
 from ..errors import BackupError
 from ..memory import pin_mmap_threshold
@@ -34,7 +35,7 @@ from ..pg.connection import connection, keep_alive
 from ..pg.snapshot import SnapshotInfo, export_snapshot, is_small, open_backup_snapshot, select_rows
 from ..progress import Progress, ProgressFn, Throttle
 from .backup import DEFAULT_OUTPUT_DIR, backup_metadata, manifest_of, metadata_document, table_header
-from .destination import Destination, LocalDestination, writing
+from .destination import Destination, LocalDestination, begin_sealed, stored_digest, writing
 from .options import EngineOptions
 from .parts import OBJECTS, RANGE, TABLE, PartResult, PartSpec, PartTask, Unit, part_failure, write_part
 
@@ -266,18 +267,24 @@ def run_parallel_backup(output_dir: Path | None = None, *, database_url: str, ru
         metadata = backup_metadata(snap, dsn.parse(database_url).host)
         cur = conn.cursor()
         plan = plan_backup(cur, snap, metadata_document(metadata), options, conn.server_version)
-        task = PartTask(database_url, export_snapshot(cur), options.compress_level, options.batch_bytes)
+        part_key = PartKey() if options.keys.encrypts else None
+        task = PartTask(database_url, export_snapshot(cur), options.compress_level, options.batch_bytes,
+                        seal_to=part_key.recipient if part_key else None)
         with writing(destination):
-            sink = destination.begin(snap.taken_at, snap.migration_version)
-            assembly = Assembly(plan, sink, options.compress_level, runner.read, runner.remove)
+            # Encrypted, the assembled stream is one age stream (the parts stay plain gzip in their part store, which
+            # is the job's own temporary space): the file stays one standard age file.
+            sink = begin_sealed(destination, snap.taken_at, snap.migration_version, options.keys)
+            read = (lambda output: part_key.open(runner.read(output), "a part")) if part_key else runner.read
+            assembly = Assembly(plan, sink, options.compress_level, read, runner.remove)
             done = _Counter(report, sum(t.estimated_rows for t in snap.catalog.tables) or None)
             try:
                 runner.run(plan.parts, task, assembly.add, lambda: keep_alive(conn), done.add)
-                compressed, digest = assembly.finish()
+                compressed, digest = stored_digest(sink, assembly.finish())
             except BaseException:
                 assembly.abort()
                 raise
-            result = _result(snap, metadata, plan, assembly, compressed, digest)
+            result = _result(snap, metadata, plan, assembly, compressed, digest).model_copy(
+                update={"recipients": list(options.keys.recipients)})
             name, where = destination.publish(digest, manifest_of(result, metadata))
     report.flush()
     return result.model_copy(update={"name": name, "path": where,

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from ..archive import document
+from ..archive.encryption import EncryptingSink
 from ..archive.writer import GzipStream, Sink
 from ..errors import BackupError
 from ..pg.connection import connection
@@ -61,6 +62,8 @@ class PartTask:
     snapshot: str
     compress_level: int
     batch_bytes: int
+    # An encrypted backup's parts are age-encrypted to this one-backup public key (archive/encryption.PartKey).
+    seal_to: str | None = None
 
 
 @dataclass
@@ -90,7 +93,7 @@ def write_part(spec: PartSpec, task: PartTask, sink: Sink, output: str,
     """Write the part as one gzip member into `sink`, reading in the coordinator's snapshot. Raises BackupError;
     the caller removes the output of a part that failed."""
     started = time.monotonic()
-    stream = GzipStream(sink, task.compress_level)
+    stream = GzipStream(EncryptingSink(sink, [task.seal_to]) if task.seal_to else sink, task.compress_level)
     result = PartResult(spec.index, output)
     try:
         with connection(task.database_url, application="backup_tasks_part") as conn:

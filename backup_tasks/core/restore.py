@@ -45,7 +45,8 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
     """
     pin_mmap_threshold()
     started = time.monotonic()
-    source = source or open_source(Path(backup_path), options.max_line_bytes)  # a changed file is refused here
+    source = source or open_source(Path(backup_path), options.max_line_bytes,
+                                   keys=options.keys)  # a changed file is refused here
     tables = tables or None
     with_objects = _restores_large_objects(source, tables, large_objects)
     if dry_run:
@@ -101,7 +102,8 @@ def _load(tx: RestoreTransaction, source: BackupSource, plan: RestorePlan, optio
     report = Throttle(progress)
     restored: list[RestoredTable] = []
     total_rows = source.manifest.total_rows if source.manifest else None
-    with BackupReader(source.path, options.max_line_bytes, parse_rows=not source.trusted) as reader:
+    with BackupReader(source.path, options.max_line_bytes, parse_rows=not source.trusted,
+                      keys=source.keys) as reader:
         def on_chunk(mark: Any) -> None:
             key, rows = mark
             report(Progress("restore", key, rows, total_rows, reader.compressed_done, reader.compressed_size))

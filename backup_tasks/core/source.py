@@ -7,9 +7,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..archive.encryption import NO_KEYS, Keys, public_keys, wants_recipients
 from ..archive.reader import Contents, TableHeader, read_contents_fast, scan
 from ..checksum import check_recorded, read_sidecar, sha256_file
-from ..errors import IntegrityError
+from ..errors import DecryptionError, IntegrityError
 from ..manifest import Manifest, read_manifest
 from ..models import FORMAT_NAME
 
@@ -23,6 +24,7 @@ class BackupSource:
     verified: str | None
     manifest: Manifest | None
     max_line: int
+    keys: Keys = NO_KEYS
 
     @property
     def trusted(self) -> bool:
@@ -40,10 +42,10 @@ class BackupSource:
                                    row_count=self.manifest.tables.get(t.key, 0)) for t in self.contents.tables]
             if all(t.key in self.manifest.tables for t in self.contents.tables):
                 return Contents(self.contents.metadata, headers, self.manifest.uncompressed_bytes)
-        return scan(self.path, self.max_line, parse_rows=False)
+        return scan(self.path, self.max_line, parse_rows=False, keys=self.keys)
 
 
-def open_source(path: Path, max_line: int, *, refuse_mismatch: bool = True) -> BackupSource:
+def open_source(path: Path, max_line: int, *, refuse_mismatch: bool = True, keys: Keys = NO_KEYS) -> BackupSource:
     """Check the file against its recorded SHA-256 (a mismatch is an IntegrityError, unless refuse_mismatch is
     False) and read its table of contents (from the metadata, or a pass over the file when it has none)."""
     path = Path(path)
@@ -53,8 +55,24 @@ def open_source(path: Path, max_line: int, *, refuse_mismatch: bool = True) -> B
         if refuse_mismatch:
             raise
         verified = None
-    contents = read_contents_fast(path, max_line) or scan(path, max_line)
-    return BackupSource(path, contents, verified, _manifest(path, verified), max_line)
+    try:
+        contents = read_contents_fast(path, max_line, keys) or scan(path, max_line, keys=keys)
+    except DecryptionError as exc:
+        raise with_recipients_hint(exc, path, keys) from None
+    return BackupSource(path, contents, verified, _manifest(path, verified), max_line, keys)
+
+
+def with_recipients_hint(exc: DecryptionError, path: Path, keys: Keys) -> DecryptionError:
+    """A wrong identity's error with the hint that helps: which public keys the backup was made for (the manifest
+    records them; age headers do not) and which ones the identity file holds."""
+    if not wants_recipients(exc):
+        return exc
+    manifest = read_manifest(path)
+    recorded = manifest.recipients if manifest is not None else []
+    made_for = ", ".join(recorded) or "unknown (no manifest records them)"
+    have = ", ".join(public_keys(keys.identity_file)) or "none"
+    return DecryptionError(exc.message, hint=f"It was encrypted for: {made_for}. BACKUP_AGE_IDENTITY_FILE holds: "
+                                             f"{have}. Point it at an identity file of one of those recipients.")
 
 
 def _manifest(path: Path, verified: str | None) -> Manifest | None:

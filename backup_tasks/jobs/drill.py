@@ -22,7 +22,7 @@ from .. import databases, dsn
 from ..archive.reader import read_metadata
 from ..core.drill import Prepared, run_drill
 from ..databases.model import DEFAULT_NAME
-from ..errors import ConfigError, DrillFailedError, InvalidBackupError, NotFoundError, UsageError
+from ..errors import ConfigError, DecryptionError, DrillFailedError, InvalidBackupError, NotFoundError, UsageError
 from ..models import DRILL_FAILED, DrillReport
 from ..names import sidecar_path
 from ..progress import ProgressFn, no_progress
@@ -159,16 +159,17 @@ def drill(*, db: Database, file: str | None = None, source: str | None = None, s
     refuse_production(scratch, db)  # before anything is downloaded, read or written
     location = _location(settings, file, source, settings.BACKUP_DIR)
     with _backup_file(db, file, location, allow_paths, progress) as (path, store_report, where):
+        options = engine_options(settings)
         try:
-            meta = read_metadata(path, settings.BACKUP_MAX_LINE_BYTES)
-        except InvalidBackupError:
+            meta = read_metadata(path, settings.BACKUP_MAX_LINE_BYTES, options.keys)
+        except (InvalidBackupError, DecryptionError):
             pass  # no restore can start from it either: the drill's checksum or restore step reports why
         else:
             refuse_backup_source(scratch, meta.database_name, meta.database_host)
         command = (settings.DRILL_PREPARE_COMMAND or "").strip()
         prepare = (lambda: run_prepare(command, scratch, settings.DRILL_PREPARE_TIMEOUT_S)) if command else None
         with database_lock(scratch, EXCLUSIVE, "drill") as lock:
-            run = run_drill(path, scratch_url=scratch, location=location, options=engine_options(settings),
+            run = run_drill(path, scratch_url=scratch, location=location, options=options,
                             prepare=prepare, progress=progress, before_commit=lock.check)
         report = run.report
         store_report(report.model_dump_json(indent=1).encode() + b"\n")

@@ -8,6 +8,8 @@ from dataclasses import replace
 
 from ..archive.header import read_migration_version
 from ..errors import InvalidBackupError, NotFoundError, StorageError
+from ..manifest import parse_manifest
+from ..names import is_encrypted_name
 from ..retention import Verified
 from ..storage.base import BackupInfo, Storage
 
@@ -22,6 +24,9 @@ def with_migration_versions(storage: Storage, backups: list[BackupInfo]) -> list
         if b.unreadable:
             out.append(b)
             continue
+        if is_encrypted_name(b.name):
+            out.append(_from_manifest(storage, b))
+            continue
         try:
             with storage.open(b.name) as stream:
                 version = read_migration_version(stream)
@@ -34,6 +39,17 @@ def with_migration_versions(storage: Storage, backups: list[BackupInfo]) -> list
         else:
             out.append(replace(b, migration_version=version))
     return out
+
+
+def _from_manifest(storage: Storage, b: BackupInfo) -> BackupInfo:
+    """An encrypted backup's migration version from its manifest: listing never decrypts (nor needs the secret
+    key); without a manifest the version is simply unknown."""
+    try:
+        data = storage.get_sidecar(b.name, "manifest")
+    except (NotFoundError, StorageError):
+        data = None
+    manifest = parse_manifest(data, b.name) if data is not None else None
+    return replace(b, migration_version=manifest.migration_version) if manifest is not None else b
 
 
 def newest_verified(storage: Storage, backups: list[BackupInfo]) -> Verified:

@@ -15,7 +15,8 @@ from .. import databases
 from ..archive.header import read_migration_version
 from ..checksum import read_sidecar
 from ..errors import BackupError, InvalidBackupError, UsageError
-from ..names import validate_name
+from ..manifest import read_manifest
+from ..names import is_encrypted_name, validate_name
 from ..progress import ProgressFn, no_progress
 from ..retention import RetentionPolicy, apply_policy
 from ..storage.base import BackupInfo, Storage
@@ -89,7 +90,11 @@ def upload(*, file: str, db: Database, progress: ProgressFn = no_progress, allow
 
 
 def _migration_version(path: Path) -> str | None:
-    """The version to record with an upload; a file whose head cannot be read is still uploaded, without one."""
+    """The version to record with an upload; a file whose head cannot be read is still uploaded, without one.
+    An encrypted backup's comes from its manifest: uploading needs no secret key."""
+    if is_encrypted_name(path.name):
+        manifest = read_manifest(path)
+        return manifest.migration_version if manifest is not None else None
     try:
         with open(path, "rb") as stream:
             return read_migration_version(stream)

@@ -419,10 +419,10 @@ class S3Storage:
 
     # --- streamed writes (storage/s3_upload.py): a backup or a parallel backup's part, no local copy ---------
 
-    def free_name(self, taken_at) -> str:
+    def free_name(self, taken_at, encrypted: bool = False) -> str:
         """The first backup name for `taken_at` that no object has (`_1`, `_2`… after the first)."""
         for sequence in range(0, 10000):
-            name = make_name(taken_at, sequence)
+            name = make_name(taken_at, sequence, encrypted)
             if not self.exists(name):
                 return name
         raise StorageError(f"too many backups named for {taken_at:%Y-%m-%d %H:%M:%S} in {self.url()}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from backup_tasks.archive.encryption import MAGIC, generate_identity, identity_file_text
 from backup_tasks.errors import NotFoundError, UsageError
 from backup_tasks.jobs import run_job
 from backup_tasks.names import validate_name
@@ -178,7 +179,9 @@ def test_nothing_is_written_outside_backup_dir(seeded, s3_setup, s3_endpoint, tm
 PASSWORD = "pw-Adv3rsarial-7f3a9c"
 AWS_KEY_ID = "AKIAADVERSARIALKEY7Q"
 AWS_SECRET = "aws/Adversarial+Secret=9Qx2"
-SECRETS = (PASSWORD, AWS_KEY_ID, AWS_SECRET)
+# An age identity (issue 18): its secret line must never appear anywhere either, encrypted runs or not.
+AGE_SECRET, AGE_PUBLIC = generate_identity()
+SECRETS = (PASSWORD, AWS_KEY_ID, AWS_SECRET, AGE_SECRET, AGE_SECRET.removeprefix("AGE-SECRET-KEY-1"))
 
 
 def connection_string(form: str, *, user: str, dbname: str, port: int = 5432, password: str = PASSWORD) -> str:
@@ -246,18 +249,27 @@ def _failing_runs(name: str, role: str, form: str, seeded_db: str,
     return outputs + [s3_down]
 
 
-@pytest.mark.parametrize("form", ["url", "keywords"])
-def test_secrets_never_appear_in_output_files_metadata_or_results(form, seeded, secret_role, s3_setup, s3_endpoint,
-                                                                  s3_client, monkeypatch):
-    """Issue 13.1: with DATABASE_URL in either form, successes and failures alike."""
+@pytest.mark.parametrize("form,encrypted", [("url", False), ("keywords", False), ("url", True)])
+def test_secrets_never_appear_in_output_files_metadata_or_results(form, encrypted, seeded, secret_role, s3_setup,
+                                                                  s3_endpoint, s3_client, monkeypatch, tmp_path):
+    """Issue 13.1: with DATABASE_URL in either form, successes and failures alike; issue 18: with the backups
+    age-encrypted, the identity file's secret key is never in any of it either."""
     bucket, backups = s3_setup
     secret_url = connection_string(form, user=secret_role, dbname=seeded.name)
     env = aws_env(s3_endpoint, bucket, backups, DATABASE_URL=secret_url, AWS_ACCESS_KEY_ID=AWS_KEY_ID,
                   AWS_SECRET_ACCESS_KEY=AWS_SECRET)
+    identity = None
+    if encrypted:
+        identity = tmp_path / "age-identity.txt"
+        identity.write_text(identity_file_text(AGE_SECRET, AGE_PUBLIC, "test"))
+        env.update(BACKUP_AGE_RECIPIENTS=AGE_PUBLIC, BACKUP_AGE_IDENTITY_FILE=str(identity))
     created = cli("create", "--local", "--upload", env=env)
     assert_ok(created)
-    name = next(p.name for p in backups.iterdir() if p.name.endswith(".backup.gz"))
+    name = next(p.name for p in backups.iterdir() if p.name.endswith((".backup.gz", ".backup.gz.age")))
+    assert name.endswith(".age") == encrypted
     outputs = [created, *_cli_runs(name, secret_url, env)]
+    if encrypted:
+        outputs += _failing_decryption(name, env, tmp_path)
     (backups / name).unlink()
     outputs.append(cli("download", name, "--local", env=env))
     assert_ok(outputs[-1])
@@ -271,18 +283,43 @@ def test_secrets_never_appear_in_output_files_metadata_or_results(form, seeded, 
         _no_secret(f"the prompt of {args}", output)
 
     assert_same(seeded.before, snapshot(seeded.url))
-    _no_secret_in_files(backups / name, bucket, s3_client)
+    _no_secret_in_files(backups / name, bucket, s3_client, identity)
     _no_secret_in_job_results(name, secret_url, env, backups, monkeypatch)
     assert_same(seeded.before, snapshot(seeded.url))
 
 
-def _no_secret_in_files(path: Path, bucket: str, s3_client) -> None:
-    _no_secret("the backup", gzip.decompress(path.read_bytes()))
+def _failing_decryption(name: str, env: dict[str, str], tmp_path: Path) -> list[subprocess.CompletedProcess]:
+    """An identity file of another key, and one whose key line is damaged (a secret-looking line): exit 12, and
+    neither error quotes a key."""
+    other = tmp_path / "other-identity.txt"
+    other_secret, other_public = generate_identity()
+    other.write_text(identity_file_text(other_secret, other_public, "test"))
+    damaged = tmp_path / "damaged-identity.txt"
+    damaged.write_text(AGE_SECRET[:-3] + "\n")
+    outputs = []
+    for path in (other, damaged):
+        outputs.append(cli("restore", name, "--local", "--yes", env={**env, "BACKUP_AGE_IDENTITY_FILE": str(path)}))
+        assert_clean_error(outputs[-1], 12)
+        assert other_secret not in outputs[-1].stderr
+    return outputs
+
+
+def _plain(data: bytes, identity: Path | None) -> bytes:
+    """A backup's JSON document: gunzipped, and decrypted first (by the age CLI) when it is encrypted."""
+    if data.startswith(MAGIC):
+        data = subprocess.run(["age", "-d", "-i", str(identity)], input=data, capture_output=True, check=True).stdout
+    return gzip.decompress(data)
+
+
+def _no_secret_in_files(path: Path, bucket: str, s3_client, identity: Path | None = None) -> None:
+    _no_secret("the backup", _plain(path.read_bytes(), identity))
+    if identity is not None:
+        _no_secret("the manifest", path.with_name(path.name + ".manifest.json").read_bytes())
     _no_secret("the sidecar", path.with_name(path.name + ".sha256").read_bytes())
     head = s3_client.head_object(Bucket=bucket, Key=f"backups/{path.name}")
     _no_secret("the S3 object's metadata", json.dumps(head["Metadata"]))
     obj = s3_client.get_object(Bucket=bucket, Key=f"backups/{path.name}")["Body"].read()
-    _no_secret("the S3 object", gzip.decompress(obj))
+    _no_secret("the S3 object", _plain(obj, identity))
 
 
 def _no_secret_in_job_results(name: str, secret_url: str, env: dict[str, str], backups: Path, monkeypatch) -> None:
