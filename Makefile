@@ -19,10 +19,10 @@ define need_file
 @if [ -z "$(FILE)" ]; then echo "usage: make $@ FILE=backup_YYYYMMDD_HHMMSS.backup.gz (a name in BACKUP_DIR or a path)" >&2; exit 2; fi
 endef
 
-.PHONY: help install lock services test test-adversarial bench lint demo worker beat flower metrics databases up down clean
+.PHONY: help install lock services test test-fast test-adversarial bench lint demo worker beat flower metrics databases up down clean
 
 help:
-	@echo "make demo | test | bench | lint | install | lock [UPGRADE=1] | worker | beat | flower | metrics | databases | up | down"
+	@echo "make demo | test | test-fast | bench | lint | install | lock [UPGRADE=1] | worker | beat | flower | metrics | databases | up | down"
 	@echo "make db:backup:oneshot | db:backup:list | db:backup:diff FILE=… | db:backup:restore FILE=… | db:backup:restore:dry-run FILE=…"
 	@echo "make db:backup:upload FILE=… | db:backup:download FILE=… | db:backup:list:remote | db:backup:restore:s3 FILE=… | db:backup:restore:s3:dry-run FILE=…"
 	@echo "make db:backup:drill [FILE=…]  (restore into DRILL_DATABASE_URL and prove it; see README 'Restore drills')"
@@ -47,8 +47,13 @@ lock:
 services:
 	@scripts/ensure-services.sh
 
-test: install services
+# The whole suite, what CI runs: the lint first (a broken layer contract or a ruff finding fails the run).
+test: install services lint
 	$(VENV)/bin/pytest
+
+# The edit loop: pure logic and the quick database tests (no Celery worker, no S3 server, no fault injection).
+test-fast: install services
+	$(VENV)/bin/pytest -q -m "not slow and not celery and not s3 and not adversarial"
 
 test-adversarial: install services
 	$(VENV)/bin/pytest -m adversarial
@@ -56,9 +61,10 @@ test-adversarial: install services
 bench: install services
 	$(PY) bench/run.py $(BENCH_ARGS)
 
+# ruff's rules are in pyproject.toml ([tool.ruff]); the layers are import-linter's contracts ([tool.importlinter]).
 lint: install
-	$(VENV)/bin/python -m compileall -q backup_tasks beat_schedule.py tests
-	@if [ -x $(VENV)/bin/ruff ]; then $(VENV)/bin/ruff check backup_tasks tests; else echo "ruff not installed: pip install ruff"; fi
+	$(VENV)/bin/ruff check backup_tasks tests bench beat_schedule.py
+	$(VENV)/bin/lint-imports
 
 demo: install services
 	@scripts/demo.sh

@@ -14,7 +14,7 @@ package (pyproject.toml's py-modules): backup_tasks.celery_app imports it in a c
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -55,7 +55,7 @@ def parse_cron(expression: str, variable: str = "BACKUP_CRON") -> crontab:
         raise ConfigError(f"{variable}={expression!r} has {len(fields)} field{'s' if len(fields) != 1 else ''}, "
                           f"expected exactly 5", hint=hint)
     # Each field alone first, so the message can say which one is wrong (crontab() reports no field name).
-    for (label, keyword, valid), value in zip(CRON_FIELDS, fields):
+    for (label, keyword, valid), value in zip(CRON_FIELDS, fields, strict=True):
         try:
             crontab(**{keyword: value})
         except (ValueError, ParseException) as exc:
@@ -88,7 +88,7 @@ def previous_due(schedule: crontab | str, now: datetime, tz: ZoneInfo | str = "U
     if isinstance(tz, str):
         tz = parse_timezone(tz)
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     local = now.astimezone(tz).replace(second=0, microsecond=0)
     hours = sorted(schedule.hour, reverse=True)
     minutes = sorted(schedule.minute, reverse=True)
@@ -103,18 +103,18 @@ def previous_due(schedule: crontab | str, now: datetime, tz: ZoneInfo | str = "U
                 if back == 0 and hour == local.hour and minute > local.minute:
                     continue
                 when = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
-                return when.astimezone(timezone.utc)
+                return when.astimezone(UTC)
     raise ConfigError(f"BACKUP_CRON={schedule!r} never fires", hint=CRON_HINT)
 
 
 def slot_id(slot: datetime) -> str:
     """A slot as it is written in task arguments and Redis keys: UTC, to the minute."""
-    return slot.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%MZ")
+    return slot.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
 
 
 def current_slot(cron: str, tz: str) -> str:
     """Evaluated by Beat when it sends the job (BeatLazyFunc): the slot Beat is firing for, on Beat's clock."""
-    return slot_id(previous_due(cron, datetime.now(timezone.utc), tz))
+    return slot_id(previous_due(cron, datetime.now(UTC), tz))
 
 
 def build_beat_schedule(settings: Any) -> dict[str, dict[str, Any]]:

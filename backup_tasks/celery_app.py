@@ -56,7 +56,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     tz = str(settings.BACKUP_TIMEZONE).strip() or "UTC"
     try:
         ZoneInfo(tz)
-    except Exception:  # Beat refuses to start with a ConfigError (beat_schedule.py); others run in UTC
+    except Exception:  # noqa: BLE001 - any bad zone: Beat refuses to start (beat_schedule.py); others run in UTC
         tz = "UTC"
     return {
         "broker_url": settings.CELERY_BROKER_URL.get_secret_value(),
@@ -149,7 +149,7 @@ def _flower_defaults() -> None:
             "FLOWER_PORT": str(settings.FLOWER_PORT),
             "FLOWER_BASIC_AUTH": settings.FLOWER_BASIC_AUTH.get_secret_value() if settings.FLOWER_BASIC_AUTH else None,
         }
-    except Exception:  # invalid settings: still never bind all interfaces by default
+    except Exception:  # noqa: BLE001 - invalid settings: still never bind all interfaces by default
         values = {"FLOWER_ADDRESS": "127.0.0.1"}
     for name, value in values.items():
         if value:

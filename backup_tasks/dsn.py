@@ -148,7 +148,7 @@ def with_database(text: str, name: str) -> str:
     if not is_uri(text):
         return f"{text} dbname='{_escape_keyword(name)}'"  # libpq keeps the last value of a repeated keyword
     scheme, rest = text.split("://", 1)
-    rest, mark, query = rest.partition("?")
+    rest, _, query = rest.partition("?")
     netloc = rest.split("/", 1)[0]
     pairs = [p for p in query.split("&") if p and unquote(p.partition("=")[0]) != "dbname"]
     tail = f"?{'&'.join(pairs)}" if pairs else ""

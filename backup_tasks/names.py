@@ -10,7 +10,7 @@ Backups are found by parsing this exact pattern, never by substring, and every n
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import UsageError
@@ -26,7 +26,7 @@ _NAME_RE = re.compile(r"backup_(\d{8})_(\d{6})(?:_(\d{1,4}))?\.backup\.gz(?:\.ag
 
 def make_name(when: datetime, sequence: int = 0, encrypted: bool = False) -> str:
     """Name for a backup taken at `when` (UTC). `sequence` > 0 separates backups taken in the same second."""
-    stamp = when.astimezone(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    stamp = when.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
     return f"backup_{stamp}{f'_{sequence}' if sequence else ''}{SUFFIX}{ENCRYPTED_SUFFIX if encrypted else ''}"
 
 
@@ -40,7 +40,7 @@ def parse_name(name: str) -> tuple[datetime, int] | None:
     if not m:
         return None
     try:
-        when = datetime.strptime(m.group(1) + m.group(2), "%Y%m%d%H%M%S").replace(tzinfo=timezone.utc)
+        when = datetime.strptime(m.group(1) + m.group(2), "%Y%m%d%H%M%S").replace(tzinfo=UTC)
     except ValueError:
         return None
     return when, int(m.group(3) or 0)

@@ -50,7 +50,7 @@ def post_json(url: str, payload: dict[str, Any], timeout: float = TIMEOUT_S) -> 
         headers={"Content-Type": "application/json", "User-Agent": "backup_tasks"},
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (scheme checked above)
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             response.read(1024)
         return True
     except Exception as exc:  # noqa: BLE001 - any failure of the webhook is logged, never raised

@@ -103,7 +103,7 @@ def read(databases: list[str], r=None) -> dict[str, Outcomes]:
         pipe.hgetall(key(name))
     answers = queue_state.call(pipe.execute)
     return {name: Outcomes({_text(k): _text(v) for k, v in (answer or {}).items()})
-            for name, answer in zip(databases, answers)}
+            for name, answer in zip(databases, answers, strict=True)}
 
 
 def _text(value: Any) -> str:

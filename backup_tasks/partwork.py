@@ -19,9 +19,10 @@ import secrets
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import redis
 
@@ -241,7 +242,7 @@ def write_claimed(board: PartBoard, index: int, spec: dict, owner: str, shared: 
         with _Lease(board, index, owner):
             result = write_part(part, task, sink, output, pending.add)
         result.writer = owner
-    except BaseException as exc:  # noqa: BLE001 - reported to the coordinator, which fails the backup
+    except BaseException as exc:
         store.remove(output)
         board.fail(index, part_failure(part, exc).to_dict())
         if not isinstance(exc, Exception):

@@ -7,8 +7,8 @@ to Redis never cost more than the work they describe.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 
 @dataclass

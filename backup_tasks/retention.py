@@ -18,9 +18,10 @@ Anything whose name is not a backup of this tool is never a candidate: it goes t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from .names import parse_name
 from .storage.base import BackupInfo
@@ -98,7 +99,7 @@ def apply_policy(backups: list[BackupInfo], policy: RetentionPolicy, now: dateti
     """Keep, delete and why. `verified` is what the caller learned about checksums; None means they were not
     checked (the calendar rules alone, for tests and what-ifs): a caller that deletes passes it."""
     if now.tzinfo is None:
-        now = now.replace(tzinfo=timezone.utc)
+        now = now.replace(tzinfo=UTC)
     candidates, ignored = [], []
     for b in backups:
         parsed = parse_name(b.name)

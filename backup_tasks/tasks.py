@@ -69,7 +69,8 @@ QUIET_FAILURES = {"UsageError", "NotFoundError", "AbortedError"}
 # A parallel backup's helpers fail with their coordinator (reported once, as its job); the databases listing is
 # a question, not a job on a database.
 UNREPORTED = {"backup_parts", "databases"}
-SUCCESS_NOTICES = {"create", "scheduled_backup", "restore", "restore_s3", "drill", "scheduled_drill"}  # successes worth a message
+# Successes worth a message.
+SUCCESS_NOTICES = {"create", "scheduled_backup", "restore", "restore_s3", "drill", "scheduled_drill"}
 DATABASE, STORAGE = frozenset({Transient.DATABASE}), frozenset({Transient.STORAGE})
 
 

@@ -24,8 +24,8 @@ import psycopg2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from bench.harness.generators import mixed_sql
-from tests.test_torture_roundtrip import torture_sections
+from bench.harness.generators import mixed_sql  # noqa: E402 - after the path is set
+from tests.test_torture_roundtrip import torture_sections  # noqa: E402
 
 ADMIN = os.environ.get("TEST_ADMIN_DATABASE_URL", "postgresql://postgres@localhost:5432/postgres")
 CTL = str(Path(sys.executable).parent / "backupctl")
@@ -77,9 +77,11 @@ def measure(label: str, schema: str, data: str, reps: int) -> None:
     print(f"  restore (backupctl restore --yes --local): median {statistics.median(restores):.2f} s "
           f"({' / '.join(f'{t:.2f}' for t in restores)})")
     print(f"  drill   (backupctl drill --local):         median {statistics.median(drills):.2f} s "
-          f"({' / '.join(f'{t:.2f}' for t in drills)}); ratio {statistics.median(drills) / statistics.median(restores):.2f}x")
+          f"({' / '.join(f'{t:.2f}' for t in drills)}); "
+          f"ratio {statistics.median(drills) / statistics.median(restores):.2f}x")
     print(f"  last drill's steps (s): {steps}; {report['rows_per_s']:,.0f} rows/s restored; peak RSS "
-          f"{report['peak_rss_bytes'] / 2**20:.0f} MB (with its children {(report['tree_peak_rss_bytes'] or 0) / 2**20:.0f} MB)")
+          f"{report['peak_rss_bytes'] / 2**20:.0f} MB "
+          f"(with its children {(report['tree_peak_rss_bytes'] or 0) / 2**20:.0f} MB)")
     for name in (f"drill_bench_{label}", f"drill_bench_{label}_scratch"):
         conn = psycopg2.connect(ADMIN)
         conn.autocommit = True

@@ -41,8 +41,20 @@ SCRUBBED = ("S3_BUCKET_NAME", "S3_ENDPOINT_URL", "BACKUP_NOTIFY_WEBHOOK_URL", "B
             "FLOWER_BASIC_AUTH", "FLOWER_ADDRESS", "FLOWER_PORT", "CELERY_TASK_SOFT_TIME_LIMIT",
             "CELERY_TASK_TIME_LIMIT", "CELERY_WORKER_MAX_MEMORY_PER_CHILD_MB", "WORKER_CONCURRENCY")
 
-__all__ = ["redis_db", "celery_env", "worker", "client_app", "CeleryEnv", "Worker", "backupctl", "free_port",
-           "wait_for", "ROOT", "CELERY", "BACKUPCTL"]
+__all__ = [
+    "BACKUPCTL",
+    "CELERY",
+    "ROOT",
+    "CeleryEnv",
+    "Worker",
+    "backupctl",
+    "celery_env",
+    "client_app",
+    "free_port",
+    "redis_db",
+    "wait_for",
+    "worker",
+]
 
 
 def _redis(db: int) -> redis.Redis:
@@ -165,7 +177,7 @@ class Worker:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
-    def wait_ready(self, timeout: float = 30) -> "Worker":
+    def wait_ready(self, timeout: float = 30) -> Worker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if f"{self.name}@" in self.output() and " ready." in self.output():

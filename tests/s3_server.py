@@ -7,8 +7,8 @@ Load with `pytest_plugins = ["tests.s3_server"]`.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

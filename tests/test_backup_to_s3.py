@@ -21,7 +21,7 @@ import pytest
 from backup_tasks.errors import BackupError
 from backup_tasks.jobs import run_job
 from backup_tasks.settings import reset_settings_cache
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import Worker, backupctl
 from tests.conftest import ADMIN_URL, query, run_sql, wait_for
 from tests.oracle import assert_same, snapshot
@@ -75,7 +75,7 @@ def _run(args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, list[
     proc = subprocess.run([sys.executable, "-c", AUDIT, *args], env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
                           capture_output=True, text=True, timeout=300)
     written = re.search(r"WRITTEN (\[.*\])", proc.stderr)
-    return proc, eval(written.group(1)) if written else []  # noqa: S307 - our own repr of a list of str
+    return proc, eval(written.group(1)) if written else []
 
 
 @pytest.mark.parametrize("jobs", ["1", "3"])

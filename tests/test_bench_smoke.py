@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from harness.operations import OPERATIONS
+from harness.operations import OPERATIONS  # noqa: E402 - after the path is set
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 

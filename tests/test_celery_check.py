@@ -10,7 +10,7 @@ import pytest
 
 from backup_tasks.cli.job_commands import format_duration, parse_duration
 from backup_tasks.errors import ExitCode
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import backupctl
 from tests.conftest import run_sql
 

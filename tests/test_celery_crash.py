@@ -20,7 +20,7 @@ import pytest
 from backup_tasks.cli.dispatch import enqueue, follow, outcome
 from backup_tasks.errors import QueueError
 from backup_tasks.pg import joblock
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import Worker, backupctl, wait_for
 from tests.conftest import query, run_sql
 from tests.oracle import assert_same, snapshot

@@ -17,7 +17,7 @@ import pytest
 from backup_tasks import dsn
 from backup_tasks.cli.dispatch import follow, outcome
 from backup_tasks.pg.joblock import holders
-from tests.celery_worker import *
+from tests.celery_worker import *  # noqa: F403 - the fixtures
 from tests.celery_worker import VENV_BIN, Worker, backupctl, wait_for
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import Worker, backupctl
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from backup_tasks.cli.dispatch import enqueue, follow, outcome
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import CELERY, ROOT, free_port, wait_for
 from tests.conftest import run_sql
 

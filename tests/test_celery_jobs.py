@@ -9,14 +9,15 @@ import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import psycopg2
 import pytest
 
-from backup_tasks.pg import joblock
 from backup_tasks.cli.dispatch import enqueue, follow, outcome
 from backup_tasks.errors import BusyError, NotFoundError, UsageError
-from tests.celery_worker import *  # noqa: F401,F403
+from backup_tasks.pg import joblock
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import BACKUPCTL, ROOT, Worker, backupctl, wait_for
 from tests.conftest import query, run_sql
 from tests.oracle import assert_same, snapshot
@@ -147,9 +148,9 @@ def test_no_wait_prints_the_id_then_status_and_wait_follow_the_job(celery_env, w
 
 
 class _Hook(BaseHTTPRequestHandler):
-    received: list = []
+    received: ClassVar[list] = []
 
-    def do_POST(self):  # noqa: N802
+    def do_POST(self):
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Hook.received.append((self.headers["Content-Type"], json.loads(body)))
         self.send_response(204)
@@ -239,7 +240,7 @@ def test_ctrl_c_while_waiting_leaves_the_job_running(celery_env, worker, client_
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         wait_for(lambda: restore_waiting(celery_env.db_url), 20, what="the restore to start")
         client.send_signal(signal.SIGINT)
-        out, err = client.communicate(timeout=15)
+        _, err = client.communicate(timeout=15)
         assert client.returncode == 130, err
         task_id = err.split("Job ", 1)[1].split(" ", 1)[0]
         assert f"Job {task_id} keeps running; follow it with `backupctl wait {task_id}`" in err

@@ -22,7 +22,7 @@ import pytest
 
 from backup_tasks.cli.dispatch import enqueue, follow, outcome
 from backup_tasks.pg import joblock
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import ROOT, backupctl, free_port, wait_for
 from tests.conftest import query, run_sql
 from tests.oracle import assert_same, snapshot

@@ -18,7 +18,7 @@ import pytest
 from backup_tasks.cli.dispatch import enqueue, follow, outcome
 from backup_tasks.core import restore_backup
 from backup_tasks.errors import BackupError
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import Worker, backupctl, wait_for
 from tests.conftest import ADMIN_URL, query, run_sql
 from tests.oracle import assert_same, snapshot

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from backup_tasks.errors import ExitCode
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import BACKUPCTL, ROOT, backupctl, free_port
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot

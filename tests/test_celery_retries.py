@@ -9,11 +9,10 @@ import pytest
 
 from backup_tasks.celery_app import app
 from backup_tasks.cli.dispatch import enqueue, error_from_payload, failure_error, follow, outcome
-from backup_tasks.errors import (BackupError, BusyError, DatabaseError, ExitCode, NotFoundError, StorageError,
-                                 Transient)
+from backup_tasks.errors import BackupError, BusyError, DatabaseError, ExitCode, NotFoundError, StorageError, Transient
 from backup_tasks.pg.connection import connect
 from backup_tasks.tasks import JobFailed, TransientJobFailed
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import Worker, free_port, wait_for
 
 pytest_plugins = ["tests.s3_server"]

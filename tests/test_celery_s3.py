@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from backup_tasks.cli.dispatch import follow, outcome
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import ROOT, Worker, backupctl
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -13,7 +13,7 @@ from backup_tasks import queue_state
 from backup_tasks.celery_app import load_beat_schedule_module
 from backup_tasks.cli.dispatch import follow, outcome
 from backup_tasks.names import parse_name
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import ROOT, VENV_BIN, Worker, wait_for
 from tests.conftest import run_sql
 
@@ -70,7 +70,7 @@ def test_without_a_slot_argument_the_worker_computes_it_from_backup_cron(celery_
     ids = [run_scheduled(client_app), run_scheduled(client_app)]  # the default BACKUP_CRON: 0 2 * * *
     results = [result_of(client_app, i) for i in ids]
     expected = load_beat_schedule_module().slot_id(
-        load_beat_schedule_module().previous_due("0 2 * * *", datetime.now(timezone.utc), "UTC"))
+        load_beat_schedule_module().previous_due("0 2 * * *", datetime.now(UTC), "UTC"))
     assert {r["slot"] for r in results} == {expected}
     assert sorted(r["skipped"] for r in results) == [False, True] and len(backups(celery_env)) == 1
 
@@ -89,7 +89,7 @@ def test_two_beats_with_a_one_minute_cron_make_one_backup_at_the_scheduled_minut
                 # The entry point that `make beat` and the image run (backup_tasks/processes.py).
                 [str(VENV_BIN / "backup-tasks-beat"), "--schedule", str(tmp_path / f"beat{i}-schedule")],
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
-        started = datetime.now(timezone.utc)
+        started = datetime.now(UTC)
         wait_for(lambda: worker.output().count("Task backup_tasks.scheduled_backup[") >= 4, 80, interval=0.5,
                  what="both Beats' scheduled backups to be received and finished")
         for proc, _ in beats:

@@ -16,7 +16,7 @@ import urllib.request
 import pytest
 import redis
 
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import CELERY, ROOT, Worker, backupctl, free_port, wait_for
 from tests.conftest import run_sql
 

@@ -3,7 +3,7 @@ Error, not a traceback), one byte formatter, the progress bar's text (a phase me
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -32,7 +32,7 @@ def test_the_progress_bar_shows_a_phase_message_when_the_engine_sends_one():
 
 def created() -> dict:
     result = CreateJobResult(path="/b/backup_20250101_000000.backup.gz", name="backup_20250101_000000.backup.gz",
-                             timestamp=datetime(2025, 1, 1, tzinfo=timezone.utc), migration_version=None,
+                             timestamp=datetime(2025, 1, 1, tzinfo=UTC), migration_version=None,
                              database_name="app", tables=[TableReport(name="users", rows=10, bytes=676_700)],
                              total_rows=10, uncompressed_bytes=1_887_437, compressed_bytes=1024, sha256="0" * 64,
                              duration_s=0.1)
@@ -44,7 +44,7 @@ def test_a_result_renders_the_same_from_its_dict_with_the_tasks_extra_keys(capsy
     out = capsys.readouterr().out
     assert "- users: 10 rows (660.84 KB)\n" in out and "Backup size: 1.80 MB → 1.00 KB (compressed)" in out
     listing = ListingJobResult(location="local", where="/b", backups=[StoredBackup(
-        name="backup_20250101_000000.backup.gz", size=1_153_434, created_at=datetime(2025, 1, 1, tzinfo=timezone.utc))])
+        name="backup_20250101_000000.backup.gz", size=1_153_434, created_at=datetime(2025, 1, 1, tzinfo=UTC))])
     render_result({**listing.model_dump(mode="json"), "job": "list_local"})
     assert "backup_20250101_000000.backup.gz      1.1 MB  2025-01-01 00:00:00  never" in capsys.readouterr().out
 
@@ -52,7 +52,7 @@ def test_a_result_renders_the_same_from_its_dict_with_the_tasks_extra_keys(capsy
 def test_a_result_of_another_shape_is_an_error_not_a_traceback():
     broken = created()
     del broken["total_rows"]
-    with pytest.raises(BackupError, match="could not be read as CreateJobResult.*total_rows") as info:
+    with pytest.raises(BackupError, match=r"could not be read as CreateJobResult.*total_rows") as info:
         as_model(CreateJobResult, broken)
     assert "another version" in info.value.hint
 
@@ -60,7 +60,7 @@ def test_a_result_of_another_shape_is_an_error_not_a_traceback():
 def test_a_drill_report_and_a_listings_last_drill_render_from_their_dicts(capsys):
     from backup_tasks.jobs.results import DrillJobResult, DrillStatus
 
-    when = datetime(2026, 12, 2, 4, 0, 7, tzinfo=timezone.utc)
+    when = datetime(2026, 12, 2, 4, 0, 7, tzinfo=UTC)
     report = DrillJobResult(
         backup="backup_20261202_020000.backup.gz", location="s3", ok=True, outcome="ok", started_at=when,
         finished_at=when, duration_s=2.5, scratch="database app_drill on db1:5432", tables=3, rows=12_000,

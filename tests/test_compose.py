@@ -18,8 +18,9 @@ import re
 import shlex
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
@@ -476,9 +477,11 @@ def test_depends_on_uses_conditions() -> None:
             assert isinstance(spec, dict) and "condition" in spec, f"{name} -> {dep} has no condition"
             cond = spec["condition"]
             if cond == "service_healthy":
-                assert (svcs[dep].get("healthcheck") or {}).get("test"), f"{name} waits for {dep} healthy, it has no healthcheck"
+                assert (svcs[dep].get("healthcheck") or {}).get("test"), \
+                    f"{name} waits for {dep} healthy, it has no healthcheck"
             elif cond == "service_completed_successfully":
-                assert str(svcs[dep].get("restart", "no")) == "no", f"{dep} is awaited to complete, so it must not restart"
+                assert str(svcs[dep].get("restart", "no")) == "no", \
+                    f"{dep} is awaited to complete, so it must not restart"
             else:
                 assert cond == "service_started", cond
 
@@ -518,7 +521,8 @@ def test_flower_requires_basic_auth() -> None:
     env = flower.get("environment")
     assert isinstance(env, dict), "flower's environment must be a mapping"
     value = str(env.get("FLOWER_BASIC_AUTH", ""))
-    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", value), f"FLOWER_BASIC_AUTH must use ${{VAR:?msg}}: {value!r}"
+    assert re.fullmatch(r"\$\{FLOWER_BASIC_AUTH:\?[^}]+\}", value), \
+        f"FLOWER_BASIC_AUTH must use ${{VAR:?msg}}: {value!r}"
     base = env_example_values()
     assert interpolate_tree(flower, base)["environment"]["FLOWER_BASIC_AUTH"] == base["FLOWER_BASIC_AUTH"]
     for missing in ({k: v for k, v in base.items() if k != "FLOWER_BASIC_AUTH"}, {**base, "FLOWER_BASIC_AUTH": ""}):
@@ -690,7 +694,8 @@ def test_minio_init_creates_the_bucket_from_s3_bucket_name() -> None:
     assert re.search(r"mc mb --ignore-existing \"local/\$bucket\"", script)
     assert "S3_BUCKET_NAME" in script
     worker_env = services()["worker"]["environment"]
-    assert init["environment"]["S3_BUCKET_NAME"] == worker_env["S3_BUCKET_NAME"], "worker and minio-init must agree on the bucket"
+    assert init["environment"]["S3_BUCKET_NAME"] == worker_env["S3_BUCKET_NAME"], \
+        "worker and minio-init must agree on the bucket"
     assert str(init.get("restart")) == "no"
 
 

@@ -90,7 +90,7 @@ class Writer(threading.Thread):
                          b if dst == "c" else None, b if dst == "s" else None, amount))
                     conn.commit()
                     self.commits += 1
-        except BaseException as exc:  # reported by the test
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
             self.error = exc
         finally:
             conn.close()

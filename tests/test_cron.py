@@ -4,7 +4,7 @@ schedule slot a run belongs to, and the schedule Beat gets; Beat refuses to star
 from __future__ import annotations
 
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +16,7 @@ from backup_tasks.errors import ConfigError, ExitCode
 from tests.celery_worker import CELERY, ROOT
 
 bs = load_beat_schedule_module()
-UTC = timezone.utc
+UTC = UTC
 
 
 def settings(cron: str = "0 2 * * *", tz: str = "UTC") -> SimpleNamespace:

@@ -105,7 +105,7 @@ def test_restore_replaces_the_large_objects_as_it_replaces_rows(documents, backu
 
 
 def test_table_restore_leaves_large_objects_alone_unless_asked(documents, backup_dir):
-    url, oids = documents
+    url, _ = documents
     path = create_backup(backup_dir, database_url=url)
     extra = lo_from_bytes(url, b"made after the backup")
     result = restore_backup(Path(path), database_url=url, tables=["documents"])

@@ -4,7 +4,7 @@ real PostgreSQL, Beat's schedule for several databases, and the notification tex
 from __future__ import annotations
 
 import pickle
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -195,7 +195,7 @@ def test_beat_has_one_entry_per_database_with_its_own_cron_and_time_zone(env):
     zoned = billing["schedule"]
     assert zoned.zone == "Europe/Berlin" and pickle.loads(pickle.dumps(zoned)) == zoned  # Beat's shelve
     # Monday 03:30 in Berlin is 01:30 UTC in winter: due then, whatever the app's time zone.
-    last = datetime(2025, 11, 3, 1, 29, tzinfo=timezone.utc)
+    last = datetime(2025, 11, 3, 1, 29, tzinfo=UTC)
     assert zoned.remaining_estimate(last) <= timedelta(minutes=1, seconds=1)
 
 

@@ -292,7 +292,7 @@ finally:
 def audited(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
     proc = subprocess.run([sys.executable, "-c", AUDIT, *args], env=env, capture_output=True, text=True, timeout=300)
     found = re.search(r"WRITTEN (\[.*\])", proc.stderr)
-    return proc, eval(found.group(1)) if found else []  # noqa: S307 - our own repr of a list of str
+    return proc, eval(found.group(1)) if found else []
 
 
 @pytest.mark.s3

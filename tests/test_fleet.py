@@ -64,7 +64,7 @@ class Receiver:
         received = self.received = []
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 received.append((time.monotonic(), self.path, json.loads(body or b"{}")))
                 self.send_response(200)

@@ -14,8 +14,8 @@ from pathlib import Path
 import psycopg2
 import pytest
 
-from backup_tasks.core.options import EngineOptions
 from backup_tasks.core import create_backup, restore_backup
+from backup_tasks.core.options import EngineOptions
 from backup_tasks.errors import RestoreError
 from tests.conftest import query, run_sql
 from tests.oracle import assert_same, snapshot
@@ -133,7 +133,8 @@ def test_partial_restore_rebuilds_only_the_selected_tables_indexes(indexed_db, b
     url = indexed_db
     original = snapshot(url)
     path = create_backup(backup_dir, database_url=url)
-    run_sql(url, "DELETE FROM child WHERE id > 450; UPDATE parent SET doc = jsonb_build_object('changed', true) WHERE id = 300")
+    run_sql(url, "DELETE FROM child WHERE id > 450;"
+                 "UPDATE parent SET doc = jsonb_build_object('changed', true) WHERE id = 300")
     before, indexes = snapshot(url), _indexes(url)
 
     # child references parent, which is not restored

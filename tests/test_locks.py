@@ -23,7 +23,7 @@ from backup_tasks import queue_state
 from backup_tasks.errors import BusyError, DatabaseError
 from backup_tasks.pg import joblock
 from backup_tasks.pg.joblock import EXCLUSIVE, SHARED, JobLock
-from tests.celery_worker import *  # noqa: F401,F403
+from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import REDIS_HOST, REDIS_PORT, flush_except_claim
 from tests.conftest import run_sql, wait_for
 

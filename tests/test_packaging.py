@@ -25,7 +25,7 @@ import urllib.request
 import uuid
 import zipfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,7 @@ import beat_schedule
 from backup_tasks import processes
 from backup_tasks.celery_app import BackupScheduler, load_beat_schedule_module, make_app
 from backup_tasks.errors import ConfigError
-from tests.celery_worker import REDIS_HOST, REDIS_PORT, SCRUBBED, free_port, redis_db, wait_for  # noqa: F401
+from tests.celery_worker import REDIS_HOST, REDIS_PORT, SCRUBBED, free_port, redis_db, wait_for  # noqa: F401 - a fixture
 from tests.conftest import run_sql
 
 # The tests that use the installed environment (built once per module: about 30 s with pip's cache).
@@ -47,7 +47,8 @@ slow = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 LOCK = ROOT / "requirements.lock"
 ENTRY_POINTS = {"backupctl": "backup_tasks.cli:main", "backup-tasks-worker": "backup_tasks.processes:worker",
-                "backup-tasks-beat": "backup_tasks.processes:beat", "backup-tasks-flower": "backup_tasks.processes:flower",
+                "backup-tasks-beat": "backup_tasks.processes:beat",
+                "backup-tasks-flower": "backup_tasks.processes:flower",
                 "backup-tasks-metrics": "backup_tasks.processes:metrics"}
 # Top-level entries that are no source of the wheel, kept out of the copy it is built from (as .dockerignore keeps
 # them out of the image's build context): a stale build/ would put old files into the wheel, the rest is large.
@@ -94,7 +95,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def installed(redis_db) -> Installed:
+def installed(redis_db) -> Installed:  # noqa: F811 - the fixture imported above
     base = Path(tempfile.mkdtemp(prefix="backup_tasks-wheel-"))
     try:
         assert not base.resolve().is_relative_to(ROOT), f"{base} is inside the checkout"
@@ -306,7 +307,8 @@ class Process:
 
 @slow
 @pytest.mark.celery
-def test_worker_entry_point_answers_a_ping_and_runs_the_scheduled_backup(installed, redis_db, make_db, tmp_path):
+def test_worker_entry_point_answers_a_ping_and_runs_the_scheduled_backup(installed, redis_db, make_db,  # noqa: F811
+                                                                        tmp_path):
     """`backup-tasks-worker` with no options but a queue: the defaults of ./worker (node celery@<host>,
     WORKER_CONCURRENCY, task events), extra arguments passed through, and Beat's job run end to end."""
     _, url = make_db()
@@ -336,7 +338,7 @@ def test_worker_entry_point_answers_a_ping_and_runs_the_scheduled_backup(install
         # Beat's job as Beat sends it, minus the slot: the worker computes it with the installed beat_schedule.
         result = client.send_task("backup_tasks.scheduled_backup", kwargs={"cron": CRON, "timezone": TZ},
                                   queue=queue).get(timeout=60)
-        expected = beat_schedule.slot_id(beat_schedule.previous_due(CRON, datetime.now(timezone.utc), TZ))
+        expected = beat_schedule.slot_id(beat_schedule.previous_due(CRON, datetime.now(UTC), TZ))
         assert result["slot"] == expected and result["skipped"] is False
         archive = backups / result["create"]["name"]
         with gzip.open(archive) as f:

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from backup_tasks.core import calculate_diff, restore_backup, run_backup, verify_backup
-from backup_tasks.core.options import EngineOptions
 from backup_tasks.core.destination import LocalPartStore
+from backup_tasks.core.options import EngineOptions
 from backup_tasks.core.parallel import ProcessRunner, run_parallel_backup
 from backup_tasks.errors import BackupError
 from tests.conftest import ADMIN_URL, query, run_sql, wait_for
@@ -158,7 +158,6 @@ def test_the_snapshot_holder_terminated_fails_the_backup_and_leaves_nothing(shop
 
 def test_a_failing_part_fails_the_backup_naming_it(shop, tmp_path):
     """A part whose session is terminated: the whole backup fails with the part named, nothing is kept."""
-    import psycopg2
 
     out = tmp_path / "out"
     run_sql(shop, "INSERT INTO big SELECT i, repeat(md5(i::text), 8), i FROM generate_series(100001, 400000) i")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -18,7 +18,7 @@ from backup_tasks.retention import (
 from backup_tasks.settings import Settings
 from backup_tasks.storage.base import BackupInfo
 
-NOW = datetime(2025, 11, 20, 3, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 11, 20, 3, 0, 0, tzinfo=UTC)
 
 
 def backup(when: datetime, seq: int = 0, created_at: datetime | None = None) -> BackupInfo:

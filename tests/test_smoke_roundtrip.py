@@ -13,7 +13,8 @@ def test_roundtrip_after_changes(make_db, backup_dir):
     """)
     before = snapshot(url)
     path = create_backup(backup_dir, database_url=url)
-    run_sql(url, "DELETE FROM users WHERE id < 100; UPDATE users SET name = 'x'; INSERT INTO users (name) VALUES ('new');")
+    run_sql(url, "DELETE FROM users WHERE id < 100; UPDATE users SET name = 'x';"
+                 "INSERT INTO users (name) VALUES ('new');")
     assert snapshot(url) != before
     result = restore_backup(Path(path), database_url=url)
     assert result.success and result.restored_rows == 500

@@ -10,7 +10,7 @@ import gzip
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -34,7 +34,7 @@ pytest_plugins = ["tests.s3_server"]
 
 register_commands()
 
-NOW = datetime.now(timezone.utc).replace(microsecond=0)
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def invoke(*args: str):
@@ -322,7 +322,8 @@ def test_s3_cleanup_keeps_the_newest_object_that_verifies(s3_bucket, s3_client, 
     newer = [fake_backup(backup_dir_env, NOW - timedelta(days=d)) for d in (19, 18, 17)]
     for f in [good, *newer]:
         ok("upload", f.name, "--local")
-    key = lambda f: f"backups/{f.name}"
+    def key(f):
+        return f"backups/{f.name}"
     meta = s3_client.head_object(Bucket=s3_bucket, Key=key(newer[0]))["Metadata"]
     s3_client.put_object(Bucket=s3_bucket, Key=key(newer[0]), Body=b"short", Metadata=meta)  # truncated
     s3_client.put_object(Bucket=s3_bucket, Key=key(newer[1]), Body=newer[1].read_bytes())  # no metadata

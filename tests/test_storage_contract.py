@@ -14,7 +14,7 @@ import inspect
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -38,7 +38,7 @@ from tests.adversarial.faulty_proxy import FaultyProxy
 
 pytest_plugins = ["tests.s3_server"]
 
-T0 = datetime(2025, 11, 1, 12, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2025, 11, 1, 12, 0, 0, tzinfo=UTC)
 
 
 def make_backup(directory: Path, when: datetime = T0, seq: int = 0, body: bytes | None = None) -> Path:

@@ -312,9 +312,8 @@ def test_torture_roundtrip_as_non_superuser_owner(owner_role, make_db, backup_di
     """The whole torture schema created, backed up and restored by the database owner, who is no superuser
     (hstore and citext are trusted extensions). A table with FORCE ROW LEVEL SECURITY cannot be read whole by
     its owner: the backup refuses with a clear message instead of saving a filtered table."""
-    from tests.conftest import db_url
-
     from backup_tasks.errors import DatabaseError
+    from tests.conftest import db_url
 
     name, _ = make_db(owner=owner_role)
     url = db_url(name, owner_role)

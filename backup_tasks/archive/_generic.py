@@ -6,8 +6,9 @@ table's header are held at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from decimal import Decimal
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import ijson
 
@@ -253,7 +254,7 @@ class GenericParser:
             state["opened"] = True
         batch: list[Any] = []
         while True:
-            ev, val = self._next()
+            ev, _ = self._next()
             if ev == "end_array":
                 break
             batch.append(self._build_row(ev, header, state["rows"] + len(batch) + 1))

@@ -6,7 +6,8 @@ assembled from parts written by several (core/parallel.py) are the same document
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import orjson
 

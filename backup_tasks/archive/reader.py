@@ -11,18 +11,19 @@ from __future__ import annotations
 import itertools
 import os
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import orjson
 from isal import igzip
 from pydantic import ValidationError
 
 from ..errors import InvalidBackupError, NotFoundError
-from .encryption import NO_KEYS, Keys, open_decrypted
 from ..models import FORMAT_VERSION, BackupMetadata
 from ..tablekey import parse_table_key, table_key
+from .encryption import NO_KEYS, Keys, open_decrypted
 
 READ_SIZE = 512 << 10
 # Rows in groups of lines of at least this size: fast, and bounded (see memory.py). Below READ_SIZE, so one chunk
@@ -361,7 +362,7 @@ class RowBatch(list):
 class RawBlock:
     """parse_rows=False: a block of row lines as written (`[..],\n[..]`) and how many rows it holds."""
 
-    __slots__ = ("raw", "count", "header", "first_row")
+    __slots__ = ("count", "first_row", "header", "raw")
 
     def __init__(self, raw: bytes, count: int, header: TableHeader | None = None, first_row: int = 0):
         self.raw = raw

@@ -8,8 +8,9 @@ JSON string, so a newline fragment between rows marks row boundaries unambiguous
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from itertools import chain, repeat
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 

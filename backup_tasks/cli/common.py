@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -73,7 +74,8 @@ def database_option(fn: Callable) -> Callable:
 
 
 def run_job(name: str, kwargs: dict[str, Any], *, local: bool, no_wait: bool = False) -> dict[str, Any] | None:
-    """Run a job in-process (with a progress bar) or on a worker. Returns the job's result dict, or None with --no-wait."""
+    """Run a job in-process (with a progress bar) or on a worker. Returns the job's result dict, or None with
+    --no-wait."""
     from .dispatch import dispatch
 
     database = selected_database()

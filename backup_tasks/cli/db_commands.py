@@ -11,8 +11,16 @@ from ..errors import AbortedError, UsageError
 from ..jobs.results import CreateJobResult, DiffJobResult, DrillJobResult, RestoreJobResult, VerifyJobResult
 from . import cli
 from .common import database_option, job_options, restore_options, run_job
-from .render import (as_model, render_create, render_diff, render_drill, render_dry_run, render_restore,
-                     render_restore_preface, render_verify)
+from .render import (
+    as_model,
+    render_create,
+    render_diff,
+    render_drill,
+    render_dry_run,
+    render_restore,
+    render_restore_preface,
+    render_verify,
+)
 
 
 @cli.command()

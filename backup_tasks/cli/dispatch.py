@@ -12,8 +12,9 @@ Ctrl-C leaves the job running.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import click
 

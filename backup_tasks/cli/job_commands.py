@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import click
 
 from .. import dsn
 from ..errors import ConfigError, DrillStaleError, QueueError, StaleBackupError
-from ..jobs.results import (CreateJobResult, DrillJobResult, ListingJobResult, ScheduledBackupResult,
-                            ScheduledDrillResult)
+from ..jobs.results import (
+    CreateJobResult,
+    DrillJobResult,
+    ListingJobResult,
+    ScheduledBackupResult,
+    ScheduledDrillResult,
+)
 from ..units import format_bytes
 from . import cli
 from .common import db_option, run_job
@@ -161,7 +166,7 @@ def _newest(listings: list[ListingJobResult]) -> tuple[datetime, str, str] | Non
         for b in listing.backups:
             if not b.size:
                 continue
-            created = b.created_at if b.created_at.tzinfo else b.created_at.replace(tzinfo=timezone.utc)
+            created = b.created_at if b.created_at.tzinfo else b.created_at.replace(tzinfo=UTC)
             if newest is None or created > newest[0]:
                 newest = (created, b.name, listing.location)
     return newest
@@ -175,7 +180,7 @@ def _newest_drill(listings: list[ListingJobResult]) -> tuple[datetime, str, str]
             d = b.drill
             if d is None or d.outcome != "ok" or d.finished_at is None:
                 continue
-            when = d.finished_at if d.finished_at.tzinfo else d.finished_at.replace(tzinfo=timezone.utc)
+            when = d.finished_at if d.finished_at.tzinfo else d.finished_at.replace(tzinfo=UTC)
             if newest is None or when > newest[0]:
                 newest = (when, b.name, listing.location)
     return newest
@@ -188,7 +193,7 @@ def check_drills(listings: list[ListingJobResult], max_age: timedelta, where: st
     if newest is None:
         raise DrillStaleError(f"no successful restore drill found in {where}", hint=hint)
     when, name, location = newest
-    age = datetime.now(timezone.utc) - when
+    age = datetime.now(UTC) - when
     label = (f"newest successful drill ({name}, {location}) ended {when:%Y-%m-%d %H:%M:%S}Z, "
              f"{format_duration(age)} ago")
     if age > max_age:
@@ -230,7 +235,7 @@ def check_backups(listings: list[ListingJobResult], max_age: timedelta, where: s
     if newest is None:
         raise StaleBackupError(f"no backups found in {where}", hint=hint)
     created, name, location = newest
-    age = datetime.now(timezone.utc) - created
+    age = datetime.now(UTC) - created
     label = f"newest backup {name} ({location}) was created {created:%Y-%m-%d %H:%M:%S}Z, {format_duration(age)} ago"
     if age > max_age:
         raise StaleBackupError(f"{label}: older than --max-age {format_duration(max_age)}", hint=hint)

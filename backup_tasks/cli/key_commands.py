@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -22,7 +22,7 @@ def keygen_cmd(output: Path | None) -> None:
     restored (BACKUP_AGE_IDENTITY_FILE). The file is the same format as age-keygen's: `age -d -i FILE` reads it.
     Losing it loses every backup encrypted to it only."""
     secret, public = generate_identity()
-    text = identity_file_text(secret, public, datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    text = identity_file_text(secret, public, datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     if output is None:
         click.echo(text, nl=False)
         click.echo(f"Public key: {public}", err=True)

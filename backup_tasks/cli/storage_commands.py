@@ -9,14 +9,21 @@ from __future__ import annotations
 import click
 
 from ..errors import StorageError
-from ..jobs.results import (CleanupJobResult, DownloadJobResult, ListingJobResult, RestoreJobResult,
-                            UploadJobResult)
+from ..jobs.results import CleanupJobResult, DownloadJobResult, ListingJobResult, RestoreJobResult, UploadJobResult
 from ..names import validate_name
 from . import cli
 from .common import database_option, job_options, restore_options, run_job
 from .db_commands import confirm_restore, require_terminal
-from .render import (as_model, render_cleanup, render_download, render_dry_run, render_listing, render_restore,
-                     render_restore_preface, render_upload)
+from .render import (
+    as_model,
+    render_cleanup,
+    render_download,
+    render_dry_run,
+    render_listing,
+    render_restore,
+    render_restore_preface,
+    render_upload,
+)
 
 
 @cli.command("list")

@@ -5,4 +5,4 @@ from .diff import calculate_diff
 from .restore import restore_backup
 from .verify import verify_backup
 
-__all__ = ["create_backup", "run_backup", "calculate_diff", "restore_backup", "verify_backup"]
+__all__ = ["calculate_diff", "create_backup", "restore_backup", "run_backup", "verify_backup"]

@@ -15,8 +15,16 @@ from ..archive.reader import LARGE_OBJECT_COLUMNS, LARGE_OBJECTS
 from ..archive.writer import ArchiveWriter
 from ..manifest import Manifest
 from ..memory import pin_mmap_threshold
-from ..models import (LARGE_OBJECTS_FORMAT_VERSION, BackupMetadata, BackupResult, LargeObjectsInfo,
-                      NotIncludedItem, SequenceState, TableReport, TableSchema)
+from ..models import (
+    LARGE_OBJECTS_FORMAT_VERSION,
+    BackupMetadata,
+    BackupResult,
+    LargeObjectsInfo,
+    NotIncludedItem,
+    SequenceState,
+    TableReport,
+    TableSchema,
+)
 from ..pg.connection import connection
 from ..pg.largeobjects import read_chunks
 from ..pg.snapshot import END, SnapshotInfo, iter_table_batches, open_backup_snapshot

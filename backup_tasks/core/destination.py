@@ -15,10 +15,11 @@ import errno
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from ..archive.encryption import EncryptingSink, Keys
 from ..archive.writer import FileSink, Sink

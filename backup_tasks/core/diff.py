@@ -119,7 +119,7 @@ def _comparable(header, table: Table | None, keyless: bool = False) -> bool:
     if set(header.columns) != set(cols) or not set(table.primary_key or ()) <= set(header.columns):
         return False
     if header.column_types is not None:
-        return all(cols[n].type_name == t for n, t in zip(header.columns, header.column_types))
+        return all(cols[n].type_name == t for n, t in zip(header.columns, header.column_types, strict=False))
     return True
 
 

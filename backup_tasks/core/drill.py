@@ -148,9 +148,9 @@ class _Drill:
                 failing.append(f"large objects: {_difference(objects)}")
             check.failures = failing[:MAX_FAILURES]
             check.ok = not failing
+            differ = "tables differ" if len(failing) != 1 else "table differs"
             check.detail = (f"row-level diff empty for all {len(d.tables)} tables ({d.total_backup_rows} rows)"
-                            if not failing else f"{len(failing)} table{'s differ' if len(failing) != 1 else ' differs'} "
-                            "from the file after the restore")
+                            if not failing else f"{len(failing)} {differ} from the file after the restore")
 
     def sequences(self) -> None:
         with self.step("sequences") as check:

@@ -16,16 +16,17 @@ import math
 import multiprocessing
 import queue
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from isal import igzip
 
 from .. import dsn, errors
 from ..archive import document
-from ..archive.reader import LARGE_OBJECT_COLUMNS, LARGE_OBJECTS
 from ..archive.encryption import PartKey
+from ..archive.reader import LARGE_OBJECT_COLUMNS, LARGE_OBJECTS
 from ..archive.writer import Sink
 from ..errors import BackupError
 from ..memory import pin_mmap_threshold
@@ -171,7 +172,7 @@ class Assembly:
             result = self.results[item[1]]
             self._member(result)
             spec = self.plan.parts[item[1]]
-            for unit, rows, size in zip(spec.units, result.rows, result.uncompressed):
+            for unit, rows, size in zip(spec.units, result.rows, result.uncompressed, strict=True):
                 # As the single writer counts a table's bytes: from after its opening to its close.
                 opening = len(unit.opening.encode()) if unit.opening else 0
                 self.tables.append(TableReport(name=unit.key, rows=rows, bytes=size - opening))
@@ -298,7 +299,8 @@ def _result(snap: SnapshotInfo, metadata, plan: Plan, assembly: Assembly, compre
         path="", name="", timestamp=snap.taken_at, migration_version=snap.migration_version,
         database_name=snap.database, tables=assembly.tables, total_rows=sum(t.rows for t in assembly.tables),
         uncompressed_bytes=assembly.uncompressed, compressed_bytes=compressed, sha256=digest, duration_s=0.0,
-        large_objects=len(snap.large_objects), large_object_bytes=sum(r.object_bytes for r in assembly.results.values()),
+        large_objects=len(snap.large_objects),
+        large_object_bytes=sum(r.object_bytes for r in assembly.results.values()),
         not_included=metadata.not_included, parts=len(plan.parts), part_writers=len(writers) or None,
     )
 
@@ -402,4 +404,4 @@ def _child_part(args: tuple) -> dict:
     return {"result": result.to_dict()}
 
 
-__all__ = ["BackupError", "ProcessRunner", "run_parallel_backup", "plan_backup", "Assembly"]
+__all__ = ["Assembly", "BackupError", "ProcessRunner", "plan_backup", "run_parallel_backup"]

@@ -8,8 +8,9 @@ exactly the same database; specs and results are plain JSON, so a Celery worker 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..archive import document
 from ..archive.encryption import EncryptingSink

@@ -49,4 +49,4 @@ def _is_age_file(path: Path) -> bool:
         return is_encrypted(f)
 
 
-__all__ = ["verify_backup", "BackupError"]
+__all__ = ["BackupError", "verify_backup"]

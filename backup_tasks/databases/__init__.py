@@ -15,7 +15,8 @@ Its backups go to BACKUP_DIR/NAME and S3_PREFIX + NAME/ unless `dir` / `s3_prefi
 databases may share either, so their backups never mix and one's retention never sees the other's files.
 A table with `discover = true` names a server instead: every non-template database its role may connect to
 (those matching `include`, minus `exclude`) becomes a database under its own name, with the table's
-overrides, in DIR/<db> and PREFIX<db>/. Discovery asks the server when a name is resolved (cached DISCOVERY_TTL_S), so Beat needs no URL.
+overrides, in DIR/<db> and PREFIX<db>/. Discovery asks the server when a name is resolved (cached
+DISCOVERY_TTL_S), so Beat needs no URL.
 
 Resolved at the edge (CLI, tasks, Beat, the metrics process) and passed down as a `Database`; the engine never
 reads it. URLs are read from the environment (or the settings' .env) only when a job needs one, so a process

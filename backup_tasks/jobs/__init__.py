@@ -11,9 +11,10 @@ the `Database` (`db`: its URL, directory, S3 prefix, retention...) instead of re
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from .. import databases
 from ..databases import Database
@@ -77,7 +78,7 @@ def database_lock(url: str, mode: str, job_name: str) -> Iterator[JobLock]:
         yield lock
 
 
-__all__ = ["DEPLOYMENT_JOBS", "Database", "EXCLUSIVE", "SHARED", "JOBS", "database_lock", "job", "run_job"]
+__all__ = ["DEPLOYMENT_JOBS", "EXCLUSIVE", "JOBS", "SHARED", "Database", "database_lock", "job", "run_job"]
 
 
 def _load() -> None:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .. import dsn
 from ..core import calculate_diff, restore_backup, run_backup, verify_backup
 from ..core.destination import Destination, LocalDestination, LocalPartStore, S3Destination, S3PartStore
 from ..core.parallel import PartRunner, PartStore, ProcessRunner, run_parallel_backup
-from ..storage.factory import s3_storage
 from ..errors import NotFoundError, UsageError
 from ..names import is_backup_name
 from ..progress import ProgressFn
+from ..storage.factory import s3_storage
 from . import EXCLUSIVE, SHARED, Database, database_lock, job
 from .options import database_url as _url
 from .options import engine_options

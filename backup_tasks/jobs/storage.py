@@ -6,10 +6,11 @@ Every name that arrives here is validated before it touches a path or key; the s
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .. import databases
 from ..archive.header import read_migration_version
@@ -168,7 +169,7 @@ def cleanup(*, db: Database, dry_run: bool = False, target: str = "all", progres
         raise UsageError(f"unknown cleanup target {target!r}", hint="Use one of: local, s3, all.")
     settings = db.config
     policy = RetentionPolicy.from_settings(settings)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     locations: dict[str, CleanupLocation] = {}
     storages = []
     if target in ("local", "all"):

@@ -11,7 +11,8 @@ import contextlib
 import queue
 import sys
 import threading
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
@@ -180,7 +181,7 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
                 if not put(None):
                     return
             control.put(None)
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it in its own thread
             control.put(exc)
             put(exc)
 

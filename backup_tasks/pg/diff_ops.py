@@ -5,8 +5,8 @@ The transaction is rolled back at the end, so nothing persists.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import psycopg2
 import psycopg2.extensions

@@ -34,9 +34,9 @@ import os
 import select
 import socket
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import psycopg2
 

@@ -9,8 +9,8 @@ size: a first piece of each of several objects per query, then the rest of the b
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 from psycopg2 import sql
 
@@ -53,7 +53,7 @@ def read_chunks(cur, objects: list[LargeObject], budget: int) -> Iterator[list[l
                     (piece, [o.oid for o in group]))
         firsts = [bytes(data) for (data,) in cur.fetchall()]
         batch, size = [], 0
-        for lo, data in zip(group, firsts):
+        for lo, data in zip(group, firsts, strict=True):
             batch.append([lo.oid, lo.owner, 0, "\\x" + data.hex()])
             size += len(data)
             if len(data) < piece:

@@ -10,9 +10,10 @@ setval is not transactional, so it runs last, after every check that can still f
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import psycopg2
 
@@ -158,7 +159,8 @@ class RestoreTransaction:
         may = [v for v in views if v.may_refresh]
         done.views_not_refreshed = [v.label for v in views if not v.may_refresh]  # REFRESH needs ownership
         if may:
-            with self._phase(done, progress, "views", f"refreshing {_count(may, 'materialized view', 'materialized views')}"):
+            what = _count(may, "materialized view", "materialized views")
+            with self._phase(done, progress, "views", f"refreshing {what}"):
                 ops.refresh_materialized_views(cur, may)
             done.views_refreshed = [v.label for v in may]
         with self.statements("checking deferred constraints and setting sequences"):
@@ -221,4 +223,4 @@ def restore_transaction(url: str, lock_timeout_s: float) -> Iterator[RestoreTran
             pass
 
 
-__all__ = ["RestoreTransaction", "restore_transaction", "TableLoad", "BackupError"]
+__all__ = ["BackupError", "RestoreTransaction", "TableLoad", "restore_transaction"]

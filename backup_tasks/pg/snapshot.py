@@ -9,16 +9,26 @@ row at a time, so memory follows the bytes in flight whatever the rows are like.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import psycopg2
 from psycopg2 import sql
 
 from ..errors import DatabaseError
-from .catalog import (Catalog, NotIncluded, Sequence, Table, read_catalog, read_migration_version,
-                      read_not_included, read_sequence_states, unreadable_tables)
+from .catalog import (
+    Catalog,
+    NotIncluded,
+    Sequence,
+    Table,
+    read_catalog,
+    read_migration_version,
+    read_not_included,
+    read_sequence_states,
+    unreadable_tables,
+)
 from .connection import pg_error_message, privilege_hint
 from .handoff import Handoff
 from .largeobjects import LargeObject, list_large_objects
@@ -159,7 +169,7 @@ def iter_batches(conn, statements: list[sql.Composable | str], budget: int,
                 if not put((i, _END, sizer)):
                     return
             put(None)
-        except BaseException as exc:  # handed to the consumer, which raises it in its own thread
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it in its own thread
             put(exc)
 
     batches.start(produce, "backup-prefetch")
@@ -228,7 +238,7 @@ def open_backup_snapshot(conn, lock_timeout_s: float) -> SnapshotInfo:
         unreadable = unreadable_tables(cur, catalog.tables)
         if not unreadable:
             lock_tables(cur, catalog.tables)
-            info = SnapshotInfo(taken_at.astimezone(timezone.utc), database, version, catalog,
+            info = SnapshotInfo(taken_at.astimezone(UTC), database, version, catalog,
                                 read_migration_version(cur, catalog.alembic),
                                 read_sequence_states(cur, catalog.sequences), list_large_objects(cur),
                                 read_not_included(cur))

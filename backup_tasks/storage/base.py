@@ -14,10 +14,11 @@ get_sidecar and removed by delete. A backup is listed by its own data only, so a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import BinaryIO, Iterator, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, runtime_checkable
 
 from ..errors import StorageError, UsageError
 from ..names import SIDECARS, sidecar_name

@@ -6,8 +6,9 @@ import contextlib
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from ..checksum import CHUNK, read_sidecar, sha256_file, write_sidecar
 from ..errors import IntegrityError, NotFoundError, StorageError

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -23,9 +24,11 @@ from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionError as BotoConnectionError,
     NoCredentialsError,
     PartialCredentialsError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
 )
 
 from .. import dsn
@@ -34,7 +37,6 @@ from ..errors import ConfigError, IntegrityError, NotFoundError, StorageError, T
 from ..names import SIDECARS, make_name, parse_name, parse_sidecar, sidecar_name, sidecar_path, validate_name
 from ..progress import Progress, ProgressFn, Throttle
 from . import local
-from .s3_upload import S3Upload
 from .base import (
     CALLER_SIDECARS,
     SIDECAR_MAX_BYTES,
@@ -43,6 +45,7 @@ from .base import (
     caller_sidecar_name,
     check_sidecar_size,
 )
+from .s3_upload import S3Upload
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -227,7 +230,7 @@ class S3Storage:
             return True
         except ClientError as exc:
             return str(exc.response.get("Error", {}).get("Code")) not in {"404", "NoSuchBucket", "NotFound"}
-        except Exception:
+        except Exception:  # noqa: BLE001 - unsure (no answer at all): the caller's own error is the one to report
             return True
 
     # --- the Storage protocol -----------------------------------------------------------------------------

@@ -17,8 +17,9 @@ from __future__ import annotations
 import hashlib
 import queue
 import threading
+from collections.abc import Callable
 from contextlib import AbstractContextManager
-from typing import Any, Callable
+from typing import Any
 
 MiB = 1 << 20
 PART_BYTES = 8 * MiB
@@ -80,7 +81,7 @@ class S3Upload:
                     answer = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self._upload_id,
                                                      PartNumber=number, Body=data)
                 self._parts[number - 1]["ETag"] = answer["ETag"]
-            except BaseException as exc:  # handed to the writer, which raises it
+            except BaseException as exc:  # noqa: BLE001 - handed to the writer, which raises it
                 self._failure = exc
 
     def _drain(self) -> None:

@@ -150,7 +150,7 @@ def _on_timeout(proc: subprocess.Popen, watch: Watch, hung: dict, timeout: float
 def run(cmd: Command, watch: Watch | None = None, timeout: float | None = None) -> dict:
     """Run cmd to its end and return its measurements (see the module's docstring) and its output."""
     watch = watch or Watch()
-    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()  # noqa: SIM115 - read and closed in _result
+    out, err = tempfile.TemporaryFile(), tempfile.TemporaryFile()
     wticks0 = worker_ticks(watch.worker_pid)
     sampler = Sampler(0, watch)
     sampler.baseline()

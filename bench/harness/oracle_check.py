@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.oracle import assert_same, snapshot
+from tests.oracle import assert_same, snapshot  # noqa: E402 - after the path is set
 
 
 class Oracle:

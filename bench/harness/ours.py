@@ -87,7 +87,8 @@ def make_keys(run: DatasetRun, directory: Path) -> Keys | str:
         args = ["keygen", str(identity)]
     else:
         args = ["keygen"]
-    p = subprocess.run(run.engine.backupctl() + args, env=run.ours_env(), cwd=run.dir, check=False, capture_output=True, text=True)
+    p = subprocess.run(run.engine.backupctl() + args, env=run.ours_env(), cwd=run.dir, check=False,
+                       capture_output=True, text=True)
     if p.returncode != 0:
         return f"`backupctl {' '.join(args)}` failed: {(p.stderr or p.stdout).strip()[-300:]}"
     if not identity.exists():

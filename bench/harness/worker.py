@@ -126,7 +126,7 @@ class Worker:
     def __init__(self, engine, env: dict, cwd: Path, log: Path, concurrency: int = 2):
         self.name = f"bench-{uuid.uuid4().hex[:8]}"
         self.log = log
-        self._log_file = open(log, "wb")  # noqa: SIM115 - the worker's output for its whole life; closed in stop()
+        self._log_file = open(log, "wb")
         self.proc = subprocess.Popen(engine.worker_argv(concurrency, self.name), cwd=cwd,
                                      env={**env, "WORKER_CONCURRENCY": str(concurrency)}, stdout=self._log_file,
                                      stderr=subprocess.STDOUT, start_new_session=True)

@@ -12,8 +12,9 @@ import subprocess
 import sys
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.conftest import _admin, db_url, run_sql
 

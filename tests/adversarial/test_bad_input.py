@@ -19,8 +19,8 @@ import json
 import random
 import re
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 

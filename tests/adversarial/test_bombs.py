@@ -141,7 +141,7 @@ def test_gigabytes_of_whitespace_after_the_document_are_streamed_and_the_restore
     run_sql(seeded.url, "DELETE FROM tags; UPDATE items SET qty = 0; INSERT INTO y VALUES ('extra')")
     assert snapshot(seeded.url) != seeded.before
 
-    proc, elapsed = restore(path, seeded.url)
+    proc, _ = restore(path, seeded.url)
 
     assert_ok(proc)
     assert re.search(r"Restore completed: 4 tables, 21 rows", proc.stdout), proc.stdout

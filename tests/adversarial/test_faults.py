@@ -20,8 +20,7 @@ from backup_tasks.core import create_backup
 from tests.conftest import query, wait_for
 from tests.oracle import assert_same, snapshot
 
-from .support import (assert_clean_error, assert_ok, cli, cli_env, cli_start, drop_database, new_database,
-                      run_sql)
+from .support import assert_clean_error, assert_ok, cli, cli_env, cli_start, drop_database, new_database, run_sql
 
 pytestmark = pytest.mark.adversarial
 

@@ -155,7 +155,7 @@ class Judge:
             unmatched = Counter(got)
             plain = Counter(w for w in want if not any(isinstance(v, tuple) for v in w))
             if plain - unmatched:
-                return f"{key}: rows of the file missing from the database: {list((plain - unmatched))[:3]}"
+                return f"{key}: rows of the file missing from the database: {list(plain - unmatched)[:3]}"
             unmatched -= plain
             for w in (w for w in want if any(isinstance(v, tuple) for v in w)):
                 hit = next((g for g in unmatched if all(self._same(a, b) for a, b in zip(w, g))), None)

@@ -30,8 +30,18 @@ from tests.conftest import _admin
 from tests.oracle import assert_same, snapshot
 from tests.terminal import on_terminal
 
-from .support import (assert_clean_error, assert_ok, cli, cli_audited, cli_env, cli_start,
-                      drop_database, new_database, run_sql, written_paths)
+from .support import (
+    assert_clean_error,
+    assert_ok,
+    cli,
+    cli_audited,
+    cli_env,
+    cli_start,
+    drop_database,
+    new_database,
+    run_sql,
+    written_paths,
+)
 
 pytest_plugins = ["tests.s3_server"]
 pytestmark = pytest.mark.adversarial
@@ -86,7 +96,7 @@ def test_hostile_names_are_refused_by_the_cli(command, s3_setup, s3_endpoint, s3
     for name, proc in zip(names, procs):
         line = assert_clean_error(proc)
         if command == "upload":  # a path to a file that is not a backup, or to no file at all
-            assert (proc.returncode == 2 and ("backup name" in line or "no backup file" in line)
+            assert ((proc.returncode == 2 and ("backup name" in line or "no backup file" in line))
                     or proc.returncode == 3), (name, line)
         else:
             assert proc.returncode == 2 and "backup name" in line, (name, line)
@@ -100,7 +110,8 @@ def test_hostile_names_are_refused_by_the_cli(command, s3_setup, s3_endpoint, s3
 
 def test_nul_and_other_names_are_refused_where_they_enter_in_process(backup_dir_env, s3_bucket):
     """NUL cannot be passed in argv; the CLI's parser, the jobs and the storages refuse it in-process."""
-    from backup_tasks.cli import cli as group, register_commands
+    from backup_tasks.cli import cli as group
+    from backup_tasks.cli import register_commands
     from backup_tasks.storage.factory import local_storage, s3_storage
 
     register_commands()
@@ -365,7 +376,7 @@ def test_restore_over_another_database_asks_on_a_terminal_and_no_changes_nothing
 
 
 def test_restore_over_another_database_answered_yes_restores(seeded, other_database):
-    name, url = other_database
+    _, url = other_database
     code, output = on_terminal(["restore", str(seeded.backup), "--local", "--database-url", url], cli_env(), "y")
     assert code == 0, output
     assert "Restore completed" in output
@@ -374,7 +385,7 @@ def test_restore_over_another_database_answered_yes_restores(seeded, other_datab
 
 @pytest.mark.parametrize("command", ["restore", "restore-s3"])
 def test_restore_without_a_terminal_and_without_yes_refuses(command, seeded, other_database, tmp_path):
-    name, url = other_database
+    _, url = other_database
     before = snapshot(url)
     target = str(seeded.backup) if command == "restore" else seeded.backup.name
     env = cli_env(BACKUP_DIR=str(tmp_path), S3_BUCKET_NAME="unused-bucket", S3_ENDPOINT_URL="http://127.0.0.1:9")
