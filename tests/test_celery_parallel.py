@@ -117,8 +117,10 @@ def test_a_part_whose_process_is_killed_is_written_again(celery_env, client_app,
     url = celery_env.db_url
     run_sql(url, "CREATE TABLE big (id int PRIMARY KEY, v text);"
                  "INSERT INTO big SELECT i, repeat(md5(i::text), 4) FROM generate_series(1, 600000) i; ANALYZE;")
+    # No replacement of pool processes after a job (CELERY_WORKER_MAX_MEMORY_PER_CHILD_MB): the helper found
+    # below must still exist when it is killed, even if its task has just ended.
     env = {**celery_env.env, "BACKUP_SPLIT_MIN_BYTES": str(16 << 20), "BACKUP_PART_LEASE_S": "3",
-           "BACKUP_BATCH_BYTES": str(256 << 10)}
+           "BACKUP_BATCH_BYTES": str(256 << 10), "CELERY_WORKER_MAX_MEMORY_PER_CHILD_MB": "0"}
     worker = Worker(env, tmp_path / "worker.log", concurrency=2).wait_ready()
     try:
         task_id = enqueue(client_app, "create", {"jobs": 2})
