@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -159,37 +160,35 @@ def _listing(job: str, local: bool, *, optional: bool) -> ListingJobResult | Non
         raise
 
 
-def _newest(listings: list[ListingJobResult]) -> tuple[datetime, str, str] | None:
-    """(created, name, location) of the newest non-empty backup of all listings."""
+def _newest(listings: list[ListingJobResult], when_of: Callable[[Any], datetime | None]
+            ) -> tuple[datetime, str, str] | None:
+    """(when, backup name, location) of the backup of all listings whose `when_of(backup)` is latest (None: not
+    counted); a naive time is UTC."""
     newest: tuple[datetime, str, str] | None = None
     for listing in listings:
         for b in listing.backups:
-            if not b.size:
+            when = when_of(b)
+            if when is None:
                 continue
-            created = b.created_at if b.created_at.tzinfo else b.created_at.replace(tzinfo=UTC)
-            if newest is None or created > newest[0]:
-                newest = (created, b.name, listing.location)
-    return newest
-
-
-def _newest_drill(listings: list[ListingJobResult]) -> tuple[datetime, str, str] | None:
-    """(finished, backup, location) of the newest successful drill in the listings."""
-    newest: tuple[datetime, str, str] | None = None
-    for listing in listings:
-        for b in listing.backups:
-            d = b.drill
-            if d is None or d.outcome != "ok" or d.finished_at is None:
-                continue
-            when = d.finished_at if d.finished_at.tzinfo else d.finished_at.replace(tzinfo=UTC)
+            when = when if when.tzinfo else when.replace(tzinfo=UTC)
             if newest is None or when > newest[0]:
                 newest = (when, b.name, listing.location)
     return newest
 
 
+def _created(backup: Any) -> datetime | None:
+    return backup.created_at if backup.size else None  # an empty file is no backup
+
+
+def _drilled(backup: Any) -> datetime | None:
+    d = backup.drill
+    return d.finished_at if d is not None and d.outcome == "ok" else None
+
+
 def check_drills(listings: list[ListingJobResult], max_age: timedelta, where: str) -> str:
     hint = ("Run `backupctl drill`, or set BACKUP_DRILL_CRON for Beat; `backupctl list` shows each backup's "
             "last drill.")
-    newest = _newest_drill(listings)
+    newest = _newest(listings, _drilled)
     if newest is None:
         raise DrillStaleError(f"no successful restore drill found in {where}", hint=hint)
     when, name, location = newest
@@ -231,7 +230,7 @@ def check(max_age: timedelta | None, max_drill_age: timedelta | None, target: st
 def check_backups(listings: list[ListingJobResult], max_age: timedelta, where: str) -> str:
     hint = ("Check the worker and Beat (`make worker`, `make beat`) and their logs: the scheduled backup "
             "may have stopped, or be failing (see BACKUP_NOTIFY_WEBHOOK_URL).")
-    newest = _newest(listings)
+    newest = _newest(listings, _created)
     if newest is None:
         raise StaleBackupError(f"no backups found in {where}", hint=hint)
     created, name, location = newest
