@@ -39,6 +39,14 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
+def worker_s3_env(endpoint: str, bucket: str, tmp_path: Path) -> dict[str, str]:
+    """What a worker (or a backupctl subprocess) needs to use `bucket` on the test endpoint, with test
+    credentials only."""
+    return {"S3_ENDPOINT_URL": endpoint, "S3_BUCKET_NAME": bucket, "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none")}
+
+
 @pytest.fixture
 def s3_client(s3_endpoint: str, aws_env: None):
     """A plain boto3 client on the test endpoint, for arranging and inspecting buckets behind the code's back."""

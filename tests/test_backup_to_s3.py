@@ -21,32 +21,17 @@ import pytest
 from backup_tasks.errors import BackupError
 from backup_tasks.jobs import run_job
 from backup_tasks.settings import reset_settings_cache
+from tests.audit import run_writes_audited
 from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import Worker, backupctl
 from tests.conftest import ADMIN_URL, query, run_sql, wait_for
 from tests.oracle import assert_same, snapshot
+from tests.s3_server import worker_s3_env
 
 pytest_plugins = ["tests.s3_server"]
 pytestmark = pytest.mark.s3
 
 BACKUPCTL = str(Path(sys.executable).parent / "backupctl")
-# Logs every file this process opens for writing, and prints them when it exits.
-AUDIT = """
-import os, sys
-written = []
-def hook(event, args):
-    if event == "open" and args[0] is not None and isinstance(args[0], (str, bytes, os.PathLike)):
-        mode, flags = args[1] or "", args[2] or 0
-        if any(c in str(mode) for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR):
-            written.append(os.fsdecode(args[0]))
-sys.addaudithook(hook)
-from backup_tasks.cli import main
-sys.argv = ["backupctl", *sys.argv[1:]]
-try:
-    main()
-finally:
-    sys.stderr.write("WRITTEN " + repr(written) + "\\n")
-"""
 
 
 @pytest.fixture
@@ -72,10 +57,7 @@ def _uploads(s3_client, bucket: str) -> list[str]:
 
 
 def _run(args: list[str], env: dict) -> tuple[subprocess.CompletedProcess, list[str]]:
-    proc = subprocess.run([sys.executable, "-c", AUDIT, *args], env={**env, "PYTHONDONTWRITEBYTECODE": "1"},
-                          capture_output=True, text=True, timeout=300)
-    written = re.search(r"WRITTEN (\[.*\])", proc.stderr)
-    return proc, eval(written.group(1)) if written else []
+    return run_writes_audited(args, env)
 
 
 @pytest.mark.parametrize("jobs", ["1", "3"])
@@ -141,12 +123,7 @@ def test_a_failed_streamed_backup_leaves_nothing_in_the_bucket(shop, s3_bucket, 
 def test_queued_jobs_3_to_s3_on_workers(celery_env, s3_endpoint, s3_client, tmp_path, make_db):
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=bucket)
-    celery_env.env.update({
-        "S3_ENDPOINT_URL": s3_endpoint, "S3_BUCKET_NAME": bucket, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-        "BACKUP_SPLIT_MIN_BYTES": str(1 << 20),
-    })
+    celery_env.env.update({**worker_s3_env(s3_endpoint, bucket, tmp_path), "BACKUP_SPLIT_MIN_BYTES": str(1 << 20)})
     run_sql(celery_env.db_url, "CREATE TABLE t (id int PRIMARY KEY, v text);"
                                "INSERT INTO t SELECT i, repeat(md5(i::text), 3) FROM generate_series(1, 100000) i;"
                                "ANALYZE;")

@@ -21,6 +21,7 @@ from tests.celery_worker import *  # noqa: F403 - the fixtures
 from tests.celery_worker import VENV_BIN, Worker, backupctl, wait_for
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot
+from tests.s3_server import worker_s3_env
 from tests.test_fleet import Receiver
 
 pytest_plugins = ["tests.s3_server"]
@@ -50,11 +51,7 @@ def test_a_drill_through_the_worker_from_s3_uploads_its_report_beside_the_object
     celery_env, scratch = drill_env
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=bucket)
-    celery_env.env.update({
-        "S3_ENDPOINT_URL": s3_endpoint, "S3_BUCKET_NAME": bucket, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-    })
+    celery_env.env.update(worker_s3_env(s3_endpoint, bucket, tmp_path))
     worker = Worker(celery_env.env, tmp_path / "worker.log").wait_ready()
     try:
         created = backupctl(celery_env, "create", "--upload")

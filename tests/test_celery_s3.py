@@ -12,6 +12,7 @@ from tests.celery_worker import *  # noqa: F403
 from tests.celery_worker import ROOT, Worker, backupctl
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot
+from tests.s3_server import worker_s3_env
 from tests.terminal import on_terminal
 
 pytest_plugins = ["tests.s3_server"]
@@ -22,11 +23,7 @@ def test_scheduled_backup_uploads_and_restore_s3_round_trips_on_the_worker(celer
                                                                           client_app, tmp_path, make_db):
     bucket = f"test-{uuid.uuid4().hex[:12]}"
     s3_client.create_bucket(Bucket=bucket)
-    celery_env.env.update({
-        "S3_ENDPOINT_URL": s3_endpoint, "S3_BUCKET_NAME": bucket, "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
-        "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
-    })
+    celery_env.env.update(worker_s3_env(s3_endpoint, bucket, tmp_path))
     run_sql(celery_env.db_url, "CREATE TABLE t (id serial PRIMARY KEY, v text);"
                                "INSERT INTO t (v) SELECT md5(i::text) FROM generate_series(1, 5000) i;")
     before = snapshot(celery_env.db_url)

@@ -13,7 +13,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -29,6 +28,7 @@ from backup_tasks.core.options import EngineOptions
 from backup_tasks.core.parallel import ProcessRunner, run_parallel_backup
 from backup_tasks.errors import ConfigError, DecryptionError, ExitCode
 from backup_tasks.names import is_backup_name, is_encrypted_name, parse_sidecar
+from tests.audit import run_writes_audited
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot
 from tests.test_torture_roundtrip import CHANGES, torture_sections
@@ -269,30 +269,10 @@ def test_an_identity_file_with_a_bad_line_is_refused_without_quoting_it(encrypte
 
 # --- S3, listing, retention, and plaintext never on disk ---------------------------------------------------
 
-AUDIT = """
-import os, sys
-written = []
-
-
-def hook(event, args):
-    if event == "open" and args[0] is not None and isinstance(args[0], (str, bytes, os.PathLike)):
-        mode, flags = args[1] or "", args[2] or 0
-        if any(c in str(mode) for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR):
-            written.append(os.fsdecode(args[0]))
-sys.addaudithook(hook)
-from backup_tasks.cli import main
-sys.argv = ["backupctl", *sys.argv[1:]]
-try:
-    main()
-finally:
-    sys.stderr.write("WRITTEN " + repr(written) + "\\n")
-"""
 
 
 def audited(env: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, list[str]]:
-    proc = subprocess.run([sys.executable, "-c", AUDIT, *args], env=env, capture_output=True, text=True, timeout=300)
-    found = re.search(r"WRITTEN (\[.*\])", proc.stderr)
-    return proc, eval(found.group(1)) if found else []
+    return run_writes_audited(list(args), env)
 
 
 @pytest.mark.s3
