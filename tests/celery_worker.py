@@ -244,3 +244,18 @@ def free_port() -> int:
 
 
 # wait_for comes from tests/conftest.py (the Celery tests import it from here).
+
+
+def redis_values(client: redis.Redis) -> list[str]:
+    """Every value kept in a Redis database (strings, lists, hashes: task results, states, board entries), as
+    text, for the secrets scans."""
+    out: list[str] = []
+    for key in client.scan_iter(count=1000):
+        kind = client.type(key)
+        if kind == b"string":
+            out.append(client.get(key).decode(errors="replace"))
+        elif kind == b"list":
+            out += [v.decode(errors="replace") for v in client.lrange(key, 0, -1)]
+        elif kind == b"hash":
+            out += [v.decode(errors="replace") for v in client.hgetall(key).values()]
+    return out

@@ -10,26 +10,13 @@ import subprocess
 import pytest
 
 from tests.celery_worker import *  # noqa: F403
-from tests.celery_worker import Worker, backupctl
+from tests.celery_worker import Worker, backupctl, redis_values
 from tests.conftest import run_sql
 from tests.oracle import assert_same, snapshot
 from tests.test_encryption import AGE, AGE_KEYGEN, keygen
 
 pytestmark = [pytest.mark.celery, pytest.mark.adversarial,
               pytest.mark.skipif(not (AGE and AGE_KEYGEN), reason="needs the age CLI")]
-
-
-def _redis_values(client) -> list[str]:
-    out: list[str] = []
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key)
-        if kind == b"string":
-            out.append(client.get(key).decode(errors="replace"))
-        elif kind == b"list":
-            out += [v.decode(errors="replace") for v in client.lrange(key, 0, -1)]
-        elif kind == b"hash":
-            out += [v.decode(errors="replace") for v in client.hgetall(key).values()]
-    return out
 
 
 def test_encrypted_jobs_on_a_worker_and_the_secret_key_never_leaks(celery_env, tmp_path):
@@ -79,7 +66,7 @@ def test_encrypted_jobs_on_a_worker_and_the_secret_key_never_leaks(celery_env, t
     finally:
         worker.stop()
     outputs.append(worker.output())
-    outputs += _redis_values(celery_env.redis())
+    outputs += redis_values(celery_env.redis())
     outputs += [p.read_text(errors="replace") for p in celery_env.backup_dir.iterdir() if p.suffix == ".json"]
     everything = "\n".join(outputs)
     assert "backup_tasks.restore" in everything and public in everything  # the search covered real material

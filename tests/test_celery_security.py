@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from tests.celery_worker import *  # noqa: F403
-from tests.celery_worker import CELERY, ROOT, Worker, backupctl, free_port, wait_for
+from tests.celery_worker import CELERY, ROOT, Worker, backupctl, free_port, redis_values, wait_for
 from tests.conftest import run_sql
 
 pytestmark = [pytest.mark.celery, pytest.mark.adversarial]
@@ -131,14 +131,7 @@ def test_secrets_never_appear_in_logs_results_events_or_files(form, celery_env, 
 
     outputs.append(worker.output())
     outputs.append((tmp_path / "flower.log").read_text(errors="replace"))
-    for key in rclient.scan_iter(count=1000):  # task results, states and anything else kept in Redis
-        kind = rclient.type(key)
-        if kind == b"string":
-            outputs.append(rclient.get(key).decode(errors="replace"))
-        elif kind == b"list":
-            outputs += [v.decode(errors="replace") for v in rclient.lrange(key, 0, -1)]
-        elif kind == b"hash":
-            outputs += [v.decode(errors="replace") for v in rclient.hgetall(key).values()]
+    outputs += redis_values(rclient)  # task results, states and anything else kept in Redis
     with gzip.open(backup) as f:
         outputs.append(f.readline().decode())  # the metadata line
     outputs.append(backup.with_name(backup.name + ".sha256").read_text())
