@@ -19,7 +19,7 @@ define need_file
 @if [ -z "$(FILE)" ]; then echo "usage: make $@ FILE=backup_YYYYMMDD_HHMMSS.backup.gz (a name in BACKUP_DIR or a path)" >&2; exit 2; fi
 endef
 
-.PHONY: help install lock services test test-fast test-adversarial bench lint demo worker beat flower metrics databases up down clean
+.PHONY: help install lock services tools test test-fast test-adversarial bench lint demo worker beat flower metrics databases up down clean
 
 help:
 	@echo "make demo | test | test-fast | bench | lint | install | lock [UPGRADE=1] | worker | beat | flower | metrics | databases | up | down"
@@ -47,8 +47,12 @@ lock:
 services:
 	@scripts/ensure-services.sh
 
+# Tools the tests run besides Python packages (the age binary); installed with apt-get when missing.
+tools:
+	@scripts/ensure-tools.sh
+
 # The whole suite, what CI runs: the lint first (a broken layer contract or a ruff finding fails the run).
-test: install services lint
+test: install services tools lint
 	$(VENV)/bin/pytest
 
 # The edit loop: pure logic and the quick database tests (no Celery worker, no S3 server, no fault injection).
