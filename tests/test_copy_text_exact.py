@@ -10,11 +10,11 @@ import io
 import random
 
 import psycopg2
+from psycopg2 import sql
 
 from backup_tasks.archive.rowjson import dump_rows, lines_to_copy_text
 from backup_tasks.pg.catalog import read_catalog
 from backup_tasks.pg.connection import connect
-from backup_tasks.pg.copy_out import copy_out_select
 from backup_tasks.pg.snapshot import select_rows
 
 from .conftest import db_url, run_sql
@@ -56,7 +56,8 @@ def test_json_lines_as_copy_text_equal_the_servers_copy_output(make_db):
         (table,) = read_catalog(cur).tables
         columns = [c.name for c in table.data_columns]
         server = io.BytesIO()
-        cur.copy_expert(copy_out_select(table, columns), server)
+        # The server's own COPY text of the backup's SELECT (booleans as the JSON spells them, not t/f).
+        cur.copy_expert(sql.SQL("COPY ({}) TO STDOUT").format(select_rows(table, columns, bool_as_text=True)), server)
         cur.execute(select_rows(table, columns))  # what a backup writes, row by row as psycopg2 reads them
         rows = cur.fetchall()
         ours = lines_to_copy_text(dump_rows(rows))

@@ -6,7 +6,10 @@ still be reported as changed; a table whose rows differ only in a non-key column
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import random
+import re
 import struct
 from pathlib import Path
 
@@ -193,3 +196,32 @@ def test_same_rows_in_another_physical_order_are_unchanged(make_db, backup_dir):
     diff = calculate_diff(path, database_url=url)
     assert (diff.tables["t"].to_insert, diff.tables["t"].to_delete, diff.tables["t"].to_change) == (0, 0, 1)
     assert (diff.tables["k"].to_insert, diff.tables["k"].to_delete, diff.tables["k"].to_change) == (1, 1, 0)
+
+
+def test_a_file_in_another_json_spelling_diffs_by_value_not_by_bytes(make_db, backup_dir, tmp_path):
+    """The diff pairs the file's lines with the database's rows encoded the backup's way, by bytes. A file whose
+    lines spell the same values otherwise (edited by hand, its sidecar recomputed with sha256sum, so its lines are
+    read unparsed) pairs nothing, and its rows must still compare by value: unchanged rows are unchanged, and the
+    changed ones are exactly what was done."""
+    _, url = make_db()
+    run_sql(url, "CREATE TABLE t (id int PRIMARY KEY, v text, f float8, b boolean, j jsonb);"
+                 "INSERT INTO t SELECT i, 'v/' || i, i / 3.0, i % 2 = 0, jsonb_build_object('i', i) "
+                 "FROM generate_series(1, 3000) i;")
+    path = Path(create_backup(backup_dir, database_url=url))
+    with gzip.open(path) as f:
+        text = f.read()
+    # ", " between values and "\/" for "/": the same JSON values, other bytes on every row line.
+    edited = re.sub(rb'(?m)^\[(\d+),"v/', lambda m: b"[" + m.group(1) + b', "v\\/', text)
+    assert edited.count(b'"v\\/') == 3000
+    other = tmp_path / "backup_20250101_000000.backup.gz"
+    other.write_bytes(gzip.compress(edited))
+    other.with_name(other.name + ".sha256").write_text(f"{hashlib.sha256(other.read_bytes()).hexdigest()}  x\n")
+
+    for backup in (path, other):
+        d = calculate_diff(backup, database_url=url).tables["t"]
+        assert (d.to_insert, d.to_delete, d.to_change) == (0, 0, 0), backup.name
+    run_sql(url, "UPDATE t SET v = v || '!' WHERE id % 100 = 0; DELETE FROM t WHERE id % 1000 = 1;"
+                 "INSERT INTO t VALUES (9001, 'new', 0.5, true, '{}')")
+    for backup in (path, other):
+        d = calculate_diff(backup, database_url=url).tables["t"]
+        assert (d.to_insert, d.to_delete, d.to_change) == (3, 1, 30), backup.name

@@ -2,30 +2,32 @@
 
 Counts: the backup's row counts from its manifest (or one pass over the file), the database's by count(*), in one
 snapshot. Detailed (the default): every table that has a primary key and the same columns in both places is
-compared row by row in bounded memory (_DetailedDiff): rows equal on both sides are paired off by comparing bytes,
-the others are reduced to (key hash, row hash) fingerprints that the server joins: rows to insert, to delete and
-to change. The statements are pg/diff_ops.py's; the transaction is rolled back at the end.
+compared row by row in bounded memory (_DetailedDiff): the database's rows are read as the backup's own JSON lines
+(core/json_rows.py), so rows equal on both sides are paired off by comparing the file's bytes with them; the others
+are turned into COPY text and reduced to (key hash, row hash) fingerprints that the server joins: rows to insert,
+to delete and to change. The statements are pg/diff_ops.py's; the transaction is rolled back at the end.
 """
 
 from __future__ import annotations
 
 import sys
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
 from ..archive.copytext import encode_rows
-from ..archive.reader import LARGE_OBJECTS, BackupReader, Contents
+from ..archive.reader import LARGE_OBJECTS, BackupReader, Contents, RawBlock, TableHeader
+from ..archive.rowjson import dump_rows, is_canonical, lines_to_copy_text
 from ..errors import DatabaseError, InvalidBackupError
 from ..memory import pin_mmap_threshold
 from ..models import DiffSummary, TableDiff
 from ..pg.catalog import Table
 from ..pg.copy_in import run_copy_pipeline
-from ..pg.copy_out import read_tables
 from ..pg.diff_ops import DiffSession, diff_session
 from ..progress import Progress, ProgressFn, Throttle
+from .json_rows import LINE_END, read_json_rows
 from .options import EngineOptions
 from .source import BackupSource, open_source
 
@@ -129,9 +131,9 @@ _MASK = (1 << 64) - 1
 class RowKeys:
     """How a table's rows are fingerprinted: (key hash, row hash) per row, from the row's COPY text line.
 
-    Both sides have the same bytes for the same row: the database's rows as COPY TO writes them (pg/copy_out.py),
-    and the file's JSON lines turned into COPY text, which gives exactly those bytes (archive/rowjson.py; tested
-    against the server's own output). Hashing a line is one C call; the values are never built as Python objects.
+    Both sides have the same bytes for the same row: JSON lines turned into COPY text give exactly what COPY TO
+    writes for the same values (archive/rowjson.py; tested against the server's own output), whichever JSON
+    spelling a file holds. Hashing a line is one C call; the values are never built as Python objects.
     A key is the text of its columns: a raw tab never occurs inside a COPY text field."""
 
     def __init__(self, columns: list[str], pk_index: list[int]):
@@ -220,12 +222,15 @@ class Pairing:
     the first differing line is found (_common), and the difference resolved by looking a little ahead on either
     side (LOOK_AHEAD) for the line the other side has (_resolve); then back to long stretches. Only exactly equal
     lines (equal rows) are ever paired, and pairs leave the diff's counts as they are; every other line is
-    fingerprinted, and the server's join decides what it is. Memory: the caller reads the database side up to the
-    file side's length, so at most about a block of each side is held, plus REACH_BYTES while a look ahead waits
-    for a side's next rows."""
+    fingerprinted, and the server's join decides what it is. Memory: the caller reads the database side while it
+    holds less than the file side (wants_database), so at most about a block of each side is held, plus
+    REACH_BYTES while a look ahead waits for a side's next rows."""
 
-    def __init__(self, keys: RowKeys, tag: int, file_totals: list[int], db_totals: list[int]):
+    def __init__(self, keys: RowKeys, tag: int, file_totals: list[int], db_totals: list[int],
+                 to_copy: Callable[[int, bytes], bytes] | None = None):
         self._keys, self._tag = keys, tag
+        # (side, lines) -> COPY text lines, for the lines that go to the join (None: they are COPY text already)
+        self._to_copy = to_copy
         self._totals = (file_totals, db_totals)
         # Whole lines of each side not paired yet: buf[off:] (an offset, not a copy, as blocks are consumed).
         self._buf = [b"", b""]
@@ -237,7 +242,15 @@ class Pairing:
         self.pairing = True
 
     def wants_database(self) -> bool:
-        return not self.ended[1] and self.read[1] < self.read[0]
+        """The database's next rows are wanted: it holds fewer bytes not paired yet than the file does. Not "has
+        sent fewer bytes": rows updated since the backup are missing from the database's side where the file has
+        them (they come at the end), so by bytes sent it runs ahead by 1 % of the table for 1 % of rows changed,
+        and that lead was held, and copied on every block, until the table's end."""
+        if self.ended[1]:
+            return False
+        if not self.pairing:
+            return self.read[1] < self.read[0]
+        return self._left(1) < self._left(0)
 
     def add(self, side: int, text: bytes) -> bytes:
         """Rows of one side (COPY text lines); returns the fingerprint rows to load, if any."""
@@ -370,7 +383,39 @@ class Pairing:
         return out
 
     def _fingerprint(self, side: int, text: bytes) -> bytes:
+        if self._to_copy is not None and text:
+            text = self._to_copy(side, text)
         return self._keys.fingerprints(text, self._tag + side, self._totals[side])
+
+
+def file_lines(batch: Any) -> bytes:
+    """A batch of the file's rows as the JSON lines the backup wrote, each ended by LINE_END: a block read as it
+    is (RawBlock), or the block the parsed rows came from when it is exactly what dump_rows writes, or the rows
+    written again that way."""
+    if isinstance(batch, RawBlock):
+        lines = batch.raw
+    else:
+        raw = getattr(batch, "raw", None)
+        lines = raw if raw is not None and is_canonical(batch, raw) else dump_rows(batch)
+    return lines + LINE_END if lines else b""
+
+
+def copy_text_of(header: TableHeader) -> Callable[[int, bytes], bytes]:
+    """How a table's unpaired JSON lines (each ended by LINE_END) become COPY text to be fingerprinted: the
+    database's are dump_rows output, converted in bulk; the file's are first checked to have that shape, and
+    parsed and checked like any file's rows when they do not (archive/copytext.encode_rows). Both sides then give
+    the same COPY text for the same row, whatever JSON spelling the file holds."""
+    width = len(header.columns)
+
+    def to_copy(side: int, lines: bytes) -> bytes:
+        body = lines[:-len(LINE_END)]
+        if not width:
+            return b"\n" * lines.count(b"\n")
+        if side == 1:
+            return lines_to_copy_text(body)
+        return encode_rows(RawBlock(body, lines.count(b"\n"), header), width)
+
+    return to_copy
 
 
 def _no_rows() -> Iterator[tuple[int, bytes | None]]:
@@ -378,7 +423,7 @@ def _no_rows() -> Iterator[tuple[int, bytes | None]]:
 
 
 class _DatabaseRows:
-    """The database's COPY text (pg/copy_out.read_tables), table by table in the order of the file's table list.
+    """The database's rows as JSON lines (core/json_rows.py), table by table in the order of the file's table list.
 
     The file's rows normally come in that order too. When they do not (a table moved by hand), the tables passed
     over are handed out whole to be fingerprinted without pairing, and a table met again later has no rows left
@@ -418,9 +463,10 @@ class _DatabaseRows:
 class _DetailedDiff:
     """Row-level diff in bounded memory.
 
-    Both sides are read at the same time as COPY text, table by table: the file's JSON lines converted (as for a
-    restore), the database's rows as a child process reads them in this transaction's snapshot (pg/copy_out.py),
-    so the server's and the child's work overlap the file's decoding, and no Python objects are made for values.
+    Both sides are read at the same time as JSON lines, table by table: the file's as they are, the database's as
+    a child process reads and encodes them the way the backup does, in this transaction's snapshot
+    (core/json_rows.py), so the server's and the child's work overlap the file's decompression, and no Python
+    objects are made for the file's values. Only lines left unpaired become COPY text.
     Rows are paired (Pairing); the others' fingerprints go through one binary COPY into one temporary table. A
     table whose two sides have the same row count and the same sums of key and row hashes holds the same rows (up
     to a 2^-64 chance); only the others are joined by the server. The file's large objects' oids go into the same
@@ -432,6 +478,8 @@ class _DetailedDiff:
         self.max_line = options.max_line_bytes
         db_tables = db.catalog.by_key()
         self.compared: list[tuple[str, Table, list[str], RowKeys]] = []
+        self.to_copy: list[Callable[[int, bytes], bytes]] = []  # per compared table: copy_text_of its header
+        self.budget = options.batch_bytes
         self.keyless: set[int] = set()  # tables compared by their whole rows (no primary key)
         for header in source.contents.tables:
             table = db_tables.get(header.key)
@@ -441,6 +489,7 @@ class _DetailedDiff:
                     self.keyless.add(len(self.compared))
                 self.compared.append((header.key, table, header.columns,
                                       RowKeys(header.columns, [header.columns.index(c) for c in key])))
+                self.to_copy.append(copy_text_of(header))
         self.index_of = {key: i for i, (key, _, _, _) in enumerate(self.compared)}
         # Per table and side (tag = 2 * table index + side): [rows, sum of key hashes, sum of row hashes].
         self.totals = [[0, 0, 0] for _ in range(2 * len(self.compared))]
@@ -450,10 +499,11 @@ class _DetailedDiff:
     def run(self) -> tuple[Contents, dict[str, tuple[int, int, int]], tuple[int, int] | None]:
         # Statements run before the COPY, in this thread (the producer thread must not run any: it would interrupt
         # the COPY in progress).
-        statements = self.db.copy_statements([(table, columns) for _, table, columns, _ in self.compared])
+        statements, small = self.db.select_statements([(table, columns) for _, table, columns, _ in self.compared],
+                                                      self.budget)
         snapshot = self.db.export_snapshot()
         load = self.db.fingerprint_table()
-        run_copy_pipeline(self.db.cur, iter([(load, self._chunks(statements, snapshot))]),
+        run_copy_pipeline(self.db.cur, iter([(load, self._chunks(statements, small, snapshot))]),
                           on_chunk=lambda mark: mark is not None and self.report(mark))
         differing = [i for i in range(len(self.compared)) if self.totals[2 * i] != self.totals[2 * i + 1]]
         counts = self.db.join([i for i in differing if i not in self.keyless])
@@ -465,10 +515,11 @@ class _DetailedDiff:
     def _knows_objects(self) -> bool:
         return bool(self.source.contents.large_objects) or self.file_objects > 0 or self.db.large_objects() > 0
 
-    def _chunks(self, statements: list[str], snapshot: str) -> Iterator[tuple[bytes, Any]]:
+    def _chunks(self, statements: list[str], small: list[bool], snapshot: str) -> Iterator[tuple[bytes, Any]]:
         """The producer: the fingerprint rows of both sides, as one binary COPY stream."""
         yield _BINARY_HEADER, None
-        stream = read_tables(self.url, statements, snapshot) if self.compared else _no_rows()
+        stream = (read_json_rows(self.url, statements, small, snapshot, self.budget) if self.compared
+                  else _no_rows())
         database = _DatabaseRows(stream)
         try:
             headers = []
@@ -482,7 +533,7 @@ class _DetailedDiff:
                     yield from self._table(table_rows, database, reader)
                 self.contents = Contents(reader.metadata, headers, reader.src.uncompressed)
             for j, text in database.skip_to(len(self.compared)):  # tables the file's list names but its data lacks
-                yield self.compared[j][3].fingerprints(text, 2 * j + 1, self.totals[2 * j + 1]), None
+                yield self._unpaired(j, text), None
             if next(stream, None) is not None:
                 raise DatabaseError("reading rows failed: the database's rows went on after the last table")
             yield _BINARY_TRAILER, None
@@ -501,20 +552,24 @@ class _DetailedDiff:
             return
         keys = self.compared[i][3]
         for j, text in database.skip_to(i):
-            yield self.compared[j][3].fingerprints(text, 2 * j + 1, self.totals[2 * j + 1]), None
-        pairs = Pairing(keys, 2 * i, self.totals[2 * i], self.totals[2 * i + 1])
+            yield self._unpaired(j, text), None
+        pairs = Pairing(keys, 2 * i, self.totals[2 * i], self.totals[2 * i + 1], self.to_copy[i])
         if not database.open:
             yield pairs.end(1), None
-        width, rows = len(header.columns), 0
+        rows = 0
         for batch in table_rows.batches():
             rows += len(batch)
-            yield pairs.add(0, encode_rows(batch, width)), Progress(
+            yield pairs.add(0, file_lines(batch)), Progress(
                 "diff", header.key, rows, None, reader.compressed_done, reader.compressed_size)
             while pairs.wants_database():
                 yield self._database_block(pairs, database), None
         yield pairs.end(0), None
         while not pairs.ended[1]:
             yield self._database_block(pairs, database), None
+
+    def _unpaired(self, j: int, text: bytes) -> bytes:
+        """Fingerprints of the database's rows of table j, passed over without pairing."""
+        return self.compared[j][3].fingerprints(self.to_copy[j](1, text), 2 * j + 1, self.totals[2 * j + 1])
 
     @staticmethod
     def _database_block(pairs: Pairing, database: _DatabaseRows) -> bytes:

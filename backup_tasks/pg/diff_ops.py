@@ -16,8 +16,8 @@ from ..errors import DatabaseError
 from .catalog import Catalog, Table, read_catalog, read_migration_version
 from .connection import connection, pg_error_message, privilege_hint
 from .copy_in import TableLoad
-from .copy_out import copy_out_select
 from .largeobjects import count_large_objects
+from .snapshot import is_small, select_rows
 
 _TEMP = sql.Identifier("backup_tasks_diff")
 
@@ -47,9 +47,11 @@ class DiffSession:
     def large_objects(self) -> int:
         return count_large_objects(self.cur)
 
-    def copy_statements(self, tables: list[tuple[Table, list[str]]]) -> list[str]:
-        """COPY TO statements that read the tables' rows as the backup's JSON holds them (in its column order)."""
-        return [copy_out_select(table, columns).as_string(self.cur) for table, columns in tables]
+    def select_statements(self, tables: list[tuple[Table, list[str]]], budget: int) -> tuple[list[str], list[bool]]:
+        """The backup's SELECTs of the tables (in the file's column order: the rows come out as the file holds
+        them), and which of them are read in one round trip (pg/snapshot.is_small)."""
+        return ([select_rows(table, columns).as_string(self.cur) for table, columns in tables],
+                [is_small(table, budget) for table, _ in tables])
 
     def export_snapshot(self) -> str:
         self.cur.execute("SELECT pg_export_snapshot()")

@@ -29,7 +29,7 @@ from .catalog import (
     read_sequence_states,
     unreadable_tables,
 )
-from .connection import pg_error_message, privilege_hint
+from .connection import connect, pg_error_message, privilege_hint
 from .handoff import Handoff
 from .largeobjects import LargeObject, list_large_objects
 
@@ -200,6 +200,22 @@ def _read_in_batches(conn, statement, i: int, sizer: BatchSizer, put: Callable[[
             if not put((i, rows, sizer)):
                 return False
     return True
+
+
+def batches_in_snapshot(url: str, snapshot: str | None, statements: list[str], budget: int, small: list[bool],
+                        application: str) -> Iterator[tuple[int, Any, BatchSizer]]:
+    """iter_batches on a connection of its own that joins an exported snapshot (another process's reader, such as
+    the diff's); PostgreSQL's errors as DatabaseErrors."""
+    conn = connect(url, application=application)
+    try:
+        if snapshot:
+            try:
+                join_snapshot(conn, snapshot)
+            except psycopg2.Error as exc:
+                raise _reading_error(exc) from None
+        yield from iter_batches(conn, statements, budget, small)
+    finally:
+        conn.close()
 
 
 def _reading_error(exc: BaseException) -> BaseException:
