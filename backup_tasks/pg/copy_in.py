@@ -24,8 +24,9 @@ CHUNK_BYTES = 512 << 10  # see memory.py
 # chunks as before (they hold at least CHUNK_BYTES, up to about twice that), but two rows of a table of multi-MB
 # rows (one sent, one waiting), where three queued rows had been held besides (Handoff).
 IN_FLIGHT_BYTES = 8 * CHUNK_BYTES
-# A chunk larger than this (one row of several MB) is passed to libpq in CHUNK_BYTES pieces: libpq copies what it
-# is given into its output buffer, which grows to the largest piece and keeps that size for the connection.
+# A chunk larger than this (one row of several MB) is passed to libpq in CHUNK_BYTES pieces: PQputCopyData copies
+# what it is given into the connection's output buffer, which grows to fit it and is never shrunk (fe-misc.c).
+# Ordinary chunks (below it) are passed whole, as before: no extra copy on the path that paces a restore.
 SPLIT_ABOVE = 4 * CHUNK_BYTES
 
 
