@@ -31,7 +31,14 @@ def table_open(key: str, header: dict[str, Any], first: bool) -> bytes:
 
 def rows(batch: Sequence[Any], after_rows: bool) -> bytes:
     """A batch of rows, one per line; after_rows: other rows of the same table come before it."""
-    return (ROW_SEPARATOR if after_rows else b"") + dump_rows(batch)
+    return b"".join(row_pieces(batch, after_rows))
+
+
+def row_pieces(batch: Sequence[Any], after_rows: bool) -> tuple[bytes, ...]:
+    """rows() as pieces to write one after the other: a batch of one multi-MB row is not copied once more to put
+    the separator before it."""
+    body = dump_rows(batch)
+    return (ROW_SEPARATOR, body) if after_rows else (body,)
 
 
 def table_close(count: int) -> bytes:

@@ -228,8 +228,18 @@ class _Lines:
                            "or nested values")
         stop = end - 1  # the newline
         comma = stop > self.pos and self.buf[stop - 1] == 0x2C
-        block = self.buf[self.pos:stop - comma]
-        self.pos = end
+        if end <= BIG_BLOCK_BYTES:
+            block = self.buf[self.pos:stop - comma]
+            self.pos = end
+            return block, comma
+        # A block of multi-MB rows leaves the buffer, so its bytes are not held twice while it is used: the
+        # bytearray that fill() grew for it becomes the block itself (no copy), else the rest is kept alone.
+        if isinstance(self.buf, bytearray) and self.pos == 0:
+            block, self.buf = self.buf, self.buf[end:]
+            del block[stop - comma:]
+        else:
+            block, self.buf = self.buf[self.pos:stop - comma], self.buf[end:]
+        self.pos = 0
         return block, comma
 
     def row_block(self, width: int | None = None, table: str = "a table") -> tuple[bytes, bool, bool]:
@@ -566,11 +576,15 @@ class BackupReader:
                 if done and not comma_pending:
                     raise _bad(f"{name}: table {header.key!r}: rows near row {done + 1} are not separated by a comma")
                 comma_pending = comma
+                # The block is not kept in this frame while the consumer has it: with multi-MB rows, that was one
+                # row more in memory while the next one was read.
                 if not parse:
                     count = body.count(b"\n") + 1
                     block_start, done = done, done + count
                     state["rows"], state["comma"] = done, comma_pending
-                    yield RawBlock(body, count, header, block_start)
+                    block, body = RawBlock(body, count, header, block_start), None
+                    yield block
+                    del block
                     continue
                 try:
                     rows = orjson.loads(b"[" + body + b"]")
@@ -579,7 +593,9 @@ class BackupReader:
                 _check_rows(rows, header, done)
                 done += len(rows)
                 state["rows"], state["comma"] = done, comma_pending
-                yield RowBatch(rows, body)
+                batch, rows, body = RowBatch(rows, body), None, None
+                yield batch
+                del batch
             if trailer_next:
                 break
         if comma_pending:

@@ -138,7 +138,8 @@ class ArchiveWriter:
     def write_rows(self, rows: Sequence[Any]) -> int:
         if not rows:
             return 0
-        self._write(document.rows(rows, after_rows=bool(self._rows_in_table)))
+        for piece in document.row_pieces(rows, after_rows=bool(self._rows_in_table)):
+            self._write(piece)
         self._rows_in_table += len(rows)
         return len(rows)
 

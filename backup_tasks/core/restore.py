@@ -194,9 +194,11 @@ class _LoadStream:
 
 def _encoded(batches: Iterator[Any], load: TableLoad, width: int) -> Iterator[tuple[bytes, Any]]:
     for batch in batches:
-        data = encode_rows(batch, width)
         load.rows += len(batch)
+        data = encode_rows(batch, width)
+        del batch  # not held while the reader reads the next block (a multi-MB row: one row more in memory)
         yield data, (load.key, load.rows)
+        del data  # sent or queued by now: not held while the next block is encoded
 
 
 def _dry_run(source: BackupSource, url: str, tables: list[str] | None, with_objects: bool,

@@ -20,6 +20,14 @@ from psycopg2 import sql
 from .handoff import Handoff, yield_to_server
 
 CHUNK_BYTES = 512 << 10  # see memory.py
+# Encoded chunks held between the producer and the server at once (queued, and the one being sent): ~4 ordinary
+# chunks as before (they hold at least CHUNK_BYTES, up to about twice that), but two rows of a table of multi-MB
+# rows (one sent, one waiting), where three queued rows had been held besides (Handoff).
+IN_FLIGHT_BYTES = 8 * CHUNK_BYTES
+# A chunk larger than this (one row of several MB) is passed to libpq in CHUNK_BYTES pieces: PQputCopyData copies
+# what it is given into the connection's output buffer, which grows to fit it and is never shrunk (fe-misc.c).
+# Ordinary chunks (below it) are passed whole, as before: no extra copy on the path that paces a restore.
+SPLIT_ABOVE = 4 * CHUNK_BYTES
 
 
 def copy_statement(ident: sql.Composable, columns: list[str]) -> sql.Composable:
@@ -93,10 +101,14 @@ class _QueueReader:
     def __init__(self, q: Handoff, on_chunk: Callable[[Any], None] | None):
         self._q = q
         self._on_chunk = on_chunk
+        self._big: bytes = b""  # a chunk above SPLIT_ABOVE, handed out in pieces from _offset
+        self._offset = 0
         self.ended = False
         self.error: BaseException | None = None  # what the producer raised, if anything
 
     def read(self, size: int = -1) -> bytes:
+        if self._big:
+            return self._next_piece()
         if self.ended:
             return b""
         item = self._q.get()
@@ -110,7 +122,18 @@ class _QueueReader:
         data, mark = item
         if self._on_chunk is not None:
             self._on_chunk(mark)
+        if len(data) > SPLIT_ABOVE:
+            self._big, self._offset = data, 0
+            return self._next_piece()
         return data
+
+    def _next_piece(self) -> bytes:
+        start = self._offset
+        self._offset = start + CHUNK_BYTES
+        if self._offset >= len(self._big):
+            piece, self._big = self._big[start:], b""
+            return piece
+        return self._big[start:self._offset]
 
     readline = read
 
@@ -157,7 +180,7 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
     re-raised here; on_chunk(mark) is called in this thread as each chunk is sent, and before_table(load) before
     each table's COPY starts (it may run statements on `cur`: no COPY is in progress then).
     """
-    chunks_out = Handoff(maxsize=3)  # bounded: a few MB in flight, so memory does not grow with the backup
+    chunks_out = Handoff(maxsize=3, max_bytes=IN_FLIGHT_BYTES)  # memory does not grow with the backup or its rows
     control: queue.Queue = queue.Queue()
     put = chunks_out.put
 
@@ -172,11 +195,12 @@ def run_copy_pipeline(cur, tables: Iterable[tuple[TableLoad, Iterator[tuple[byte
                 for chunk, mark in chunks:
                     pending.append(chunk)
                     size += len(chunk)
+                    del chunk  # held by `pending` only: sent, it is freed while the next one is encoded
                     if size >= CHUNK_BYTES:
-                        if not put((b"".join(pending), mark)):
+                        if not put((b"".join(pending), mark), size):
                             return
                         pending, size = [], 0
-                if pending and not put((b"".join(pending), mark)):
+                if pending and not put((b"".join(pending), mark), size):
                     return
                 if not put(None):
                     return

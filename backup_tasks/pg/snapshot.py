@@ -34,7 +34,7 @@ from .handoff import Handoff
 from .largeobjects import LargeObject, list_large_objects
 
 MAX_ROWS = 2000  # measured: 2,000 narrow rows a fetch keep peak RSS at tens of MB; 50,000 raised it to ~350 MB
-IN_FLIGHT = 4  # batches queued between the fetching thread and the consumer
+IN_FLIGHT = 4  # batches queued between the fetching thread and the consumer, and as many budgets of bytes
 
 
 def begin_snapshot(conn, lock_timeout_s: float) -> None:
@@ -105,13 +105,15 @@ class BatchSizer:
     A table's first fetch is a single row, measured here (its values' lengths): multi-MB rows are then fetched a
     row at a time from the start, narrow ones up to MAX_ROWS at a time (one extra round trip a table). After that
     the consumer reports each batch's exact size as it serialises it (observe), and the next fetches follow the
-    widths seen. Memory is then about IN_FLIGHT batches of `budget`, or of one row when a row is wider; a table
-    whose rows turn much wider after many narrow ones can hold MAX_ROWS of the wide ones in its next fetch, once."""
+    widths seen. Memory is then about IN_FLIGHT batches of `budget`; rows wider than that are held fewer at a time
+    (iter_batches bounds the bytes too, by estimate_bytes), at least one; a table whose rows turn much wider after
+    many narrow ones can hold MAX_ROWS of the wide ones in its next fetch, once."""
 
     def __init__(self, budget: int):
         self.budget = max(budget, 1)
         self._lock = threading.Lock()
         self._rows = 1
+        self._row_bytes = 0.0  # a row's size, as last measured
         self._measured = False
 
     def next(self) -> int:
@@ -130,7 +132,13 @@ class BatchSizer:
             return
         with self._lock:
             self._measured = True
+            self._row_bytes = nbytes / rows
             self._rows = max(1, min(MAX_ROWS, int(self.budget * rows / max(nbytes, 1))))
+
+    def estimate_bytes(self, rows: int) -> int:
+        """What `rows` rows of the table take written, by the widths seen so far (0 before any)."""
+        with self._lock:
+            return int(rows * self._row_bytes)
 
 
 _END = object()
@@ -154,7 +162,8 @@ def iter_batches(conn, statements: list[sql.Composable | str], budget: int,
                  small: list[bool] | None = None) -> Iterator[tuple[int, Any, BatchSizer]]:
     """iter_table_batches for SELECTs given as statements (a part of a parallel backup gets its own); `small`
     marks those read whole in one round trip."""
-    batches = Handoff(maxsize=IN_FLIGHT)
+    # Bounded in bytes too: a table of 5 MB rows held IN_FLIGHT + 2 of them (queued, being written, being fetched).
+    batches = Handoff(maxsize=IN_FLIGHT, max_bytes=IN_FLIGHT * budget)
     put = batches.put
 
     def produce() -> None:
@@ -189,7 +198,7 @@ def _read_whole(conn, statement, i: int, sizer: BatchSizer, put: Callable[[Any],
     with conn.cursor() as cur:
         cur.execute(statement)
         rows = cur.fetchall()
-    return not rows or put((i, rows, sizer))
+    return not rows or put((i, rows, sizer), sizer.estimate_bytes(len(rows)))
 
 
 def _read_in_batches(conn, statement, i: int, sizer: BatchSizer, put: Callable[[Any], bool]) -> bool:
@@ -197,8 +206,9 @@ def _read_in_batches(conn, statement, i: int, sizer: BatchSizer, put: Callable[[
         cur.execute(statement)
         while rows := cur.fetchmany(sizer.next()):
             sizer.first(rows)
-            if not put((i, rows, sizer)):
+            if not put((i, rows, sizer), sizer.estimate_bytes(len(rows))):
                 return False
+            del rows  # the consumer's now: not held here while the next batch is fetched
     return True
 
 
