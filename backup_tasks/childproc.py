@@ -25,6 +25,17 @@ READ_BYTES = 1 << 20
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # the child imports this same copy of backup_tasks
 
 
+def _widen_pipe(fd: int) -> None:
+    """A pipe of READ_BYTES instead of Linux's 64 KiB: the child runs on while the parent is busy with the other
+    side of its work (the diff decompressing the file) rather than stalling at every 64 KiB."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), READ_BYTES)
+    except (ImportError, OSError):
+        pass  # not Linux, or above /proc/sys/fs/pipe-max-size: the default pipe works, only with more stalls
+
+
 class Child:
     """A running helper `python -m MODULE`, killed if the parent stops reading early."""
 
@@ -34,6 +45,7 @@ class Child:
         self.proc = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=environ)
         self._stderr = _Drain(self.proc.stderr)  # read as it comes: a child blocked on a full stderr never ends
+        _widen_pipe(self.proc.stdout.fileno())
         try:
             self.proc.stdin.write(json.dumps(job).encode())
             self.proc.stdin.close()
@@ -44,8 +56,8 @@ class Child:
     def fd(self) -> int:
         return self.proc.stdout.fileno()
 
-    def chunks(self) -> Iterator[bytes]:
-        while chunk := os.read(self.fd, READ_BYTES):
+    def chunks(self, size: int = READ_BYTES) -> Iterator[bytes]:
+        while chunk := os.read(self.fd, size):
             yield chunk
 
     def finish(self, stopped: BackupError) -> None:

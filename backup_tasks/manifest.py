@@ -88,7 +88,9 @@ def read_manifest(backup: Path, *, sha256: str | None = None) -> Manifest | None
     path = manifest_path(backup)
     try:
         with open(path, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
+            # Its size first: read(MAX_BYTES + 1) allocates the whole 64 MiB before reading a small file.
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, MAX_BYTES) + 1)
     except OSError:
         return None
     manifest = parse_manifest(data, backup.name)

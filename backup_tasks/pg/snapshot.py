@@ -158,12 +158,12 @@ def is_small(table: Table, budget: int) -> bool:
     return table.data_bytes <= budget // 16
 
 
-def iter_batches(conn, statements: list[sql.Composable | str], budget: int,
-                 small: list[bool] | None = None) -> Iterator[tuple[int, Any, BatchSizer]]:
+def iter_batches(conn, statements: list[sql.Composable | str], budget: int, small: list[bool] | None = None,
+                 in_flight: int = IN_FLIGHT) -> Iterator[tuple[int, Any, BatchSizer]]:
     """iter_table_batches for SELECTs given as statements (a part of a parallel backup gets its own); `small`
-    marks those read whole in one round trip."""
+    marks those read whole in one round trip; at most `in_flight` batches queued."""
     # Bounded in bytes too: a table of 5 MB rows held IN_FLIGHT + 2 of them (queued, being written, being fetched).
-    batches = Handoff(maxsize=IN_FLIGHT, max_bytes=IN_FLIGHT * budget)
+    batches = Handoff(maxsize=in_flight, max_bytes=in_flight * budget)
     put = batches.put
 
     def produce() -> None:
@@ -213,7 +213,7 @@ def _read_in_batches(conn, statement, i: int, sizer: BatchSizer, put: Callable[[
 
 
 def batches_in_snapshot(url: str, snapshot: str | None, statements: list[str], budget: int, small: list[bool],
-                        application: str) -> Iterator[tuple[int, Any, BatchSizer]]:
+                        application: str, in_flight: int) -> Iterator[tuple[int, Any, BatchSizer]]:
     """iter_batches on a connection of its own that joins an exported snapshot (another process's reader, such as
     the diff's); PostgreSQL's errors as DatabaseErrors."""
     conn = connect(url, application=application)
@@ -223,7 +223,7 @@ def batches_in_snapshot(url: str, snapshot: str | None, statements: list[str], b
                 join_snapshot(conn, snapshot)
             except psycopg2.Error as exc:
                 raise _reading_error(exc) from None
-        yield from iter_batches(conn, statements, budget, small)
+        yield from iter_batches(conn, statements, budget, small, in_flight)
     finally:
         conn.close()
 
