@@ -27,7 +27,7 @@ from ..pg.catalog import Table
 from ..pg.copy_in import run_copy_pipeline
 from ..pg.diff_ops import DiffSession, diff_session
 from ..progress import Progress, ProgressFn, Throttle
-from .json_rows import LINE_END, READ_BUDGET, read_json_rows
+from .json_rows import LINE_END, read_json_rows
 from .options import EngineOptions
 from .source import BackupSource, open_source
 
@@ -479,7 +479,7 @@ class _DetailedDiff:
         db_tables = db.catalog.by_key()
         self.compared: list[tuple[str, Table, list[str], RowKeys]] = []
         self.to_copy: list[Callable[[int, bytes], bytes]] = []  # per compared table: copy_text_of its header
-        self.budget = min(options.batch_bytes, READ_BUDGET)
+        self.budget = options.batch_bytes  # the backup's: smaller fetches made the diff ~0.9 s slower at 3 M rows
         self.keyless: set[int] = set()  # tables compared by their whole rows (no primary key)
         for header in source.contents.tables:
             table = db_tables.get(header.key)

@@ -24,15 +24,14 @@ from ..errors import BackupError, DatabaseError
 
 _URL_ENV = "BACKUP_TASKS_JSON_ROWS_URL"
 END_OF_TABLE = b"\0"
-LINE_END = b",\n"
-# The child's fetches: batches of about 256 KiB of JSON, two queued. Measured reading the benchmark's 3 M rows
-# alone: peak RSS 40-42 MB with the backup's 4 MiB x 4 (or 1 MiB x 2), 31 MB with this, in the same 4.2-4.5 s;
-# the diff's child and parent together must stay within the 100 MB a backup does.
-READ_BUDGET = 256 << 10
+LINE_END = b",\n"  # after every row, the last one of a table too: rows are compared as whole lines
+# The child's fetches are the backup's (its batch budget), two queued rather than four. Measured on the benchmark's
+# diff (3 M rows): 256 KiB batches held the child at 31 MB instead of 42-47 MB, but made the diff ~0.9 s slower
+# (five times the fetches of its widest table); the queue's depth changed neither much.
 READ_IN_FLIGHT = 2
 # The parent reads the pipe (widened to 1 MiB, childproc._widen_pipe) 128 KiB at a time: with 1 MiB pieces the
-# parent's peak RSS was 87-96 MB against 62-65 MB, in the same time (alternating runs on the benchmark's diff).
-PIECE_BYTES = 128 << 10  # after every row, the last one of a table too: rows are compared as whole lines
+# parent's peak RSS was 87-96 MB against 62-65 MB, and the diff 0.3 s faster (alternating runs).
+PIECE_BYTES = 128 << 10
 
 
 def read_json_rows(url: str, statements: list[str], small: list[bool], snapshot: str | None,
