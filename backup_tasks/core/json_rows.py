@@ -29,8 +29,8 @@ LINE_END = b",\n"  # after every row, the last one of a table too: rows are comp
 # diff (3 M rows): 256 KiB batches held the child at 31 MB instead of 42-47 MB, but made the diff ~0.9 s slower
 # (five times the fetches of its widest table); the queue's depth changed neither much.
 READ_IN_FLIGHT = 2
-# The parent reads the pipe (widened to 1 MiB, childproc._widen_pipe) 128 KiB at a time: with 1 MiB pieces the
-# parent's peak RSS was 87-96 MB against 62-65 MB, and the diff 0.3 s faster (alternating runs).
+# The parent reads the pipe (widened to 1 MiB, childproc._widen_pipe) 128 KiB at a time. Reading 1 MiB at a time
+# made the diff ~0.3 s faster but held the parent at 87-96 MB against 62-65 MB (alternating runs, 3 M rows).
 PIECE_BYTES = 128 << 10
 
 
@@ -51,8 +51,8 @@ def read_json_rows(url: str, statements: list[str], small: list[bool], snapshot:
 
 def frames(chunks: Iterator[bytes], expected: int) -> Generator[tuple[int, bytes | None], None, bool]:
     """The child's output as (table, whole lines) and (table, None) at each table's end; returns whether every
-    table ended. Each byte is copied once on its way (a line cut by a read is joined from its pieces once): with
-    1 MiB reads, growing and copying a bytearray per read held 25 MB more at the peak."""
+    table ended. Each byte is copied once on its way: a line cut by a read is joined from its pieces once (a line
+    of several MB spans many reads)."""
     table = 0
     pieces: list[bytes] = []  # the unfinished last line, as read
     for chunk in chunks:
