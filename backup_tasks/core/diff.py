@@ -207,7 +207,7 @@ GIVE_UP_BYTES = 1 << 20
 # _FINE bytes, whose lines are compared one by one: one memcmp per step, and no line of the equal runs between two
 # differences is ever split out. On 2 M pgbench_accounts-like lines with 1 % moved to the end and 0.1 % deleted
 # (a difference every ~100 lines), pairing took 0.23-0.56 s, against 0.9-2.2 s splitting and walking every line of
-# every 512 KiB block that held a difference (tests/bench_pair-style feed, machine shared).
+# every 512 KiB block that held a difference (both sides fed to Pairing directly, the machine shared).
 _FIRST_STEP = 4096
 _FINE = 64
 
