@@ -158,7 +158,11 @@ def created_name(stdout: str) -> str:
 
 def test_db_selects_the_database_for_every_command(fleet):
     orders = created_name(ok(fleet.ctl("--db", "orders", "create", "--upload")))
+    # Names have one-second resolution: two backups of the same second (two databases, two directories) are both
+    # backup_<that second>, and the listings below could not tell them apart.
+    time.sleep(1.05 - time.time() % 1)
     billing = created_name(ok(fleet.ctl("create", "--db", "billing")))  # after the command's name too
+    assert billing != orders
     assert [p.name for p in fleet.dirs["orders"].glob("*.backup.gz")] == [orders]
     assert [p.name for p in fleet.dirs["billing"].glob("*.backup.gz")] == [billing]
     assert list(fleet.celery.backup_dir.glob("*.backup.gz")) == [], "nothing in the shared BACKUP_DIR itself"
