@@ -22,7 +22,7 @@ endef
 .PHONY: help install lock services tools test test-fast test-adversarial bench lint demo worker beat flower metrics databases up down clean
 
 help:
-	@echo "make demo | test | test-fast | bench | lint | install | lock [UPGRADE=1] | worker | beat | flower | metrics | databases | up | down"
+	@echo "make demo | test | test-fast | bench | lint | install | tools | lock [UPGRADE=1] | worker | beat | flower | metrics | databases | up | down"
 	@echo "make db:backup:oneshot | db:backup:list | db:backup:diff FILE=… | db:backup:restore FILE=… | db:backup:restore:dry-run FILE=…"
 	@echo "make db:backup:upload FILE=… | db:backup:download FILE=… | db:backup:list:remote | db:backup:restore:s3 FILE=… | db:backup:restore:s3:dry-run FILE=…"
 	@echo "make db:backup:drill [FILE=…]  (restore into DRILL_DATABASE_URL and prove it; see README 'Restore drills')"
