@@ -23,6 +23,11 @@ def encode_rows(rows: Any, ncolumns: int) -> bytes:
         if data is not None:
             return data
         rows = rows.parse()  # edited after the checksum was recorded: parsed and checked like any file's rows
+    return lines_to_copy_text(canonical_lines(rows))
+
+
+def canonical_lines(rows: Any) -> bytes:
+    """Parsed rows as the JSON lines dump_rows writes (`[..],\n[..]`): the block they were parsed from when it is
+    exactly that (a RowBatch's raw), else the rows written again."""
     raw = getattr(rows, "raw", None)
-    lines = raw if raw is not None and is_canonical(rows, raw) else dump_rows(rows)
-    return lines_to_copy_text(lines)
+    return raw if raw is not None and is_canonical(rows, raw) else dump_rows(rows)

@@ -17,9 +17,9 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from ..archive.copytext import encode_rows
+from ..archive.copytext import canonical_lines, encode_rows
 from ..archive.reader import LARGE_OBJECTS, BackupReader, Contents, RawBlock, TableHeader
-from ..archive.rowjson import dump_rows, is_canonical, lines_to_copy_text
+from ..archive.rowjson import lines_to_copy_text
 from ..errors import DatabaseError, InvalidBackupError
 from ..memory import pin_mmap_threshold
 from ..models import DiffSummary, TableDiff
@@ -253,7 +253,8 @@ class Pairing:
         return self._left(1) < self._left(0)
 
     def add(self, side: int, text: bytes) -> bytes:
-        """Rows of one side (COPY text lines); returns the fingerprint rows to load, if any."""
+        """Whole lines of one side (the diff's: JSON lines, each ended by LINE_END; without `to_copy`: COPY text
+        lines); returns the fingerprint rows to load, if any."""
         self.read[side] += len(text)
         if not self.pairing or (self.ended[1 - side] and not self._left(1 - side)):
             return self._fingerprint(side, text)
@@ -392,11 +393,7 @@ def file_lines(batch: Any) -> bytes:
     """A batch of the file's rows as the JSON lines the backup wrote, each ended by LINE_END: a block read as it
     is (RawBlock), or the block the parsed rows came from when it is exactly what dump_rows writes, or the rows
     written again that way."""
-    if isinstance(batch, RawBlock):
-        lines = batch.raw
-    else:
-        raw = getattr(batch, "raw", None)
-        lines = raw if raw is not None and is_canonical(batch, raw) else dump_rows(batch)
+    lines = batch.raw if isinstance(batch, RawBlock) else canonical_lines(batch)
     return lines + LINE_END if lines else b""
 
 

@@ -18,13 +18,16 @@ import os
 import sys
 from collections.abc import Generator, Iterator
 
+from ..archive.document import ROW_SEPARATOR
 from ..archive.rowjson import dump_rows
 from ..childproc import Child, read_job, report_failure, stdout_stream
 from ..errors import BackupError, DatabaseError
 
 _URL_ENV = "BACKUP_TASKS_JSON_ROWS_URL"
 END_OF_TABLE = b"\0"
-LINE_END = b",\n"  # after every row, the last one of a table too: rows are compared as whole lines
+# After every row, the last one of a table too, so rows compare as whole lines: the file's separator between rows,
+# which the diff appends to each block the file gives it (rows of the file and of the database, byte for byte).
+LINE_END = ROW_SEPARATOR
 # The child's fetches are the backup's (its batch budget), two queued rather than four. Measured on the benchmark's
 # diff (3 M rows): 256 KiB batches held the child at 31 MB instead of 42-47 MB, but made the diff ~0.9 s slower
 # (five times the fetches of its widest table); the queue's depth changed neither much.

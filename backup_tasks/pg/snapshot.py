@@ -29,7 +29,7 @@ from .catalog import (
     read_sequence_states,
     unreadable_tables,
 )
-from .connection import connect, pg_error_message, privilege_hint
+from .connection import connection, pg_error_message, privilege_hint
 from .handoff import Handoff
 from .largeobjects import LargeObject, list_large_objects
 
@@ -216,16 +216,13 @@ def batches_in_snapshot(url: str, snapshot: str | None, statements: list[str], b
                         application: str, in_flight: int) -> Iterator[tuple[int, Any, BatchSizer]]:
     """iter_batches on a connection of its own that joins an exported snapshot (another process's reader, such as
     the diff's); PostgreSQL's errors as DatabaseErrors."""
-    conn = connect(url, application=application)
-    try:
+    with connection(url, application=application) as conn:
         if snapshot:
             try:
                 join_snapshot(conn, snapshot)
             except psycopg2.Error as exc:
                 raise _reading_error(exc) from None
         yield from iter_batches(conn, statements, budget, small, in_flight)
-    finally:
-        conn.close()
 
 
 def _reading_error(exc: BaseException) -> BaseException:
