@@ -14,6 +14,7 @@ import struct
 from pathlib import Path
 
 import pytest
+from psycopg2.extensions import parse_dsn
 
 from backup_tasks.archive.rowjson import dump_rows, lines_to_copy_text
 from backup_tasks.core import calculate_diff, create_backup, restore_backup
@@ -225,3 +226,7 @@ def test_a_file_in_another_json_spelling_diffs_by_value_not_by_bytes(make_db, ba
     for backup in (path, other):
         d = calculate_diff(backup, database_url=url).tables["t"]
         assert (d.to_insert, d.to_delete, d.to_change) == (3, 1, 30), backup.name
+    # The database's rows are read by a child process, given the URL: the key=value form works as the URL does.
+    key_value = " ".join(f"{k}={v}" for k, v in parse_dsn(url).items())
+    d = calculate_diff(path, database_url=key_value).tables["t"]
+    assert (d.to_insert, d.to_delete, d.to_change) == (3, 1, 30)
