@@ -14,10 +14,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import sys
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _done = False
+
+
+def _libc() -> ctypes.CDLL:
+    """The C library this process runs on. On Linux the process's own global symbols (dlopen(NULL)) hold it:
+    ctypes.util.find_library would run `ldconfig -p` in a subprocess, a fork and exec in every command's start-up."""
+    if sys.platform.startswith("linux"):
+        return ctypes.CDLL(None)
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def pin_mmap_threshold(size: int = 64 << 20, trim: int = 128 << 20) -> None:
@@ -26,7 +35,7 @@ def pin_mmap_threshold(size: int = 64 << 20, trim: int = 128 << 20) -> None:
         return
     _done = True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         libc.mallopt(_M_MMAP_THRESHOLD, size)  # fixed: no longer adjusted by glibc
         libc.mallopt(_M_TRIM_THRESHOLD, trim)
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to pin
@@ -43,7 +52,7 @@ def release_freed_memory() -> None:
 
     gc.collect()
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc = _libc()
         libc.malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: its allocator returns memory its own way
         pass

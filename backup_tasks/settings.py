@@ -1,20 +1,31 @@
-"""Configuration from the environment and `.env` (pydantic-settings).
+"""Configuration from the environment and `.env`, validated by pydantic.
 
-Built by get_settings(), never at import time, so tests and tasks can change the environment first.
+Built by get_settings(), never at import time, so tests and tasks can change the environment first. The loading
+keeps pydantic-settings' rules for these fields in a few lines: names match case-insensitively, the environment
+wins over `.env`, keyword arguments over both, unknown names are ignored. Two things differ: a bad value is a
+ConfigError (exit code 2, one line, no traceback) where pydantic-settings raised its ValidationError at the user,
+and no command pays pydantic-settings' ~90 ms of imports (asyncio among them). `.env` is parsed by python-dotenv,
+as pydantic-settings did, and only when the file exists.
 """
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from .errors import ConfigError
+
+ENV_FILE = ".env"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+class Settings(BaseModel):
+    """The settings, validated; load_settings() reads them from the environment and .env."""
+
+    model_config = ConfigDict(extra="ignore")
 
     # Database
     DATABASE_URL: SecretStr = SecretStr("postgresql://postgres@localhost:5432/postgres")
@@ -119,9 +130,45 @@ class Settings(BaseSettings):
         return bool(self.S3_BUCKET_NAME)
 
 
+def load_settings(env_file: str | os.PathLike | None = ENV_FILE, **values: Any) -> Settings:
+    """`values`, else the environment, else `env_file` (None: no file), else the defaults. A value that does
+    not validate is a ConfigError naming the setting, never its value."""
+    try:
+        return Settings(**{**_configured(Settings.model_fields, env_file), **values})
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+
+
+def _configured(fields: dict[str, Any], env_file: str | os.PathLike | None) -> dict[str, str]:
+    """The fields' values from the environment over those of the env file, by case-insensitive name."""
+    wanted = {name.lower(): name for name in fields}
+    found: dict[str, str] = {}
+    for source in (env_file_values(env_file), os.environ):
+        for key, value in source.items():
+            if value is not None and (name := wanted.get(key.lower())):
+                found[name] = value
+    return found
+
+
+def env_file_values(env_file: str | os.PathLike | None) -> dict[str, str | None]:
+    """What an env file sets ({} without one), as written: names keep their case."""
+    if env_file is None or not Path(env_file).is_file():
+        return {}
+    from dotenv import dotenv_values  # only when there is a file to read
+
+    return dotenv_values(env_file, encoding="utf-8")
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """One line per setting that failed, by name and reason; the values are left out (some are secrets)."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors())
+    return ConfigError(f"invalid setting: {problems}",
+                       hint="Fix it in the environment or in .env; .env.example documents every setting.")
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()
 
 
 def reset_settings_cache() -> None:

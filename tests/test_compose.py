@@ -841,11 +841,11 @@ def test_env_example_documents_every_setting() -> None:
 
 
 def test_env_example_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from backup_tasks.settings import Settings
+    from backup_tasks.settings import Settings, load_settings
 
     for key in Settings.model_fields:
         monkeypatch.delenv(key, raising=False)
-    s = Settings(_env_file=str(ENV_EXAMPLE))  # type: ignore[call-arg]
+    s = load_settings(ENV_EXAMPLE)
     values = env_example_values()
     for key, value in values.items():
         if key in Settings.model_fields:
@@ -900,7 +900,7 @@ def test_the_stack_backs_up_three_databases_each_on_its_own_schedule(monkeypatch
     that needs it has it mounted, the worker has every URL the file names, Beat none (it sends names only)."""
     import beat_schedule
     from backup_tasks import databases
-    from backup_tasks.settings import Settings
+    from backup_tasks.settings import Settings, load_settings
 
     svcs = resolved_services()
     sources = {name: _databases_file_mount(svcs[name]) for name in ("worker", "beat", "metrics")}
@@ -915,7 +915,7 @@ def test_the_stack_backs_up_three_databases_each_on_its_own_schedule(monkeypatch
     for key in Settings.model_fields:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("BACKUP_DATABASES_FILE", str(path))
-    settings = Settings()
+    settings = load_settings()
     schedule = beat_schedule.build_beat_schedule(settings)
     assert len(schedule) == 3 and len({e["kwargs"]["cron"] for e in schedule.values()}) == 3
     assert set(databases.deployment(settings).databases) == set(tables)

@@ -100,12 +100,12 @@ def test_build_beat_schedule_is_one_entry_with_a_lazy_slot():
 
 def test_celery_config_takes_the_timezone_and_limits_from_settings(monkeypatch):
     from backup_tasks.celery_app import celery_config
-    from backup_tasks.settings import Settings
+    from backup_tasks.settings import load_settings
 
     monkeypatch.setenv("BACKUP_TIMEZONE", "Europe/Berlin")
     monkeypatch.setenv("CELERY_TASK_TIME_LIMIT", "1000")
     monkeypatch.setenv("CELERY_TASK_SOFT_TIME_LIMIT", "900")
-    conf = celery_config(Settings(_env_file=None))
+    conf = celery_config(load_settings(None))
     assert conf["timezone"] == "Europe/Berlin"
     assert conf["task_time_limit"] == 1000 and conf["task_soft_time_limit"] == 900
     assert conf["broker_transport_options"]["visibility_timeout"] > 2 * 1000

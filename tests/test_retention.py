@@ -15,7 +15,7 @@ from backup_tasks.retention import (
     Verified,
     apply_policy,
 )
-from backup_tasks.settings import Settings
+from backup_tasks.settings import load_settings
 from backup_tasks.storage.base import BackupInfo
 
 NOW = datetime(2025, 11, 20, 3, 0, 0, tzinfo=UTC)
@@ -163,13 +163,13 @@ def test_min_count_is_at_least_one():
 
 
 def test_policy_from_settings():
-    s = Settings(
+    s = load_settings(
         BACKUP_RETENTION_DAYS=14,
         BACKUP_RETENTION_MIN_COUNT=2,
         BACKUP_KEEP_DAILY=7,
         BACKUP_KEEP_WEEKLY=4,
         BACKUP_KEEP_MONTHLY=12,
-        _env_file=None,
+        env_file=None,
     )
     assert RetentionPolicy.from_settings(s) == RetentionPolicy(14, 2, 7, 4, 12)
 

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import SecretStr, ValidationError
 
 from ..errors import ConfigError
-from ..settings import Settings, get_settings
+from ..settings import ENV_FILE, Settings, env_file_values, get_settings
 from .model import (
     ALIASES,
     DEFAULT_NAME,
@@ -167,11 +167,7 @@ def env_url(settings: Settings, variable: str) -> tuple[str | None, str | None]:
     """The URL in `variable` (the process environment, else the settings' .env file), or why there is none."""
     value = os.environ.get(variable)
     if value is None:
-        env_file = settings.model_config.get("env_file")
-        if env_file and Path(str(env_file)).is_file():
-            from dotenv import dotenv_values  # pydantic-settings' own reader of .env
-
-            value = dotenv_values(str(env_file)).get(variable)
+        value = env_file_values(ENV_FILE).get(variable)
     if not value or not value.strip():
         return None, f"{variable} is not set"
     return value.strip(), None
