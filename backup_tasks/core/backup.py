@@ -59,7 +59,7 @@ def run_backup(output_dir: Path | None = None, *, database_url: str, progress: P
             writer = ArchiveWriter(sink=sink, compresslevel=options.compress_level)
             try:
                 writer.begin(metadata_document(metadata))
-                written = _write_tables(writer, conn, snap, options, Throttle(progress))
+                written = _write_tables(writer, conn, snap, options, Throttle(progress), database_url)
                 lo_bytes = _write_large_objects(writer, conn, snap, options, Throttle(progress))
                 compressed, digest = stored_digest(sink, writer.finish())
             except BaseException:
@@ -116,12 +116,12 @@ def table_header(table) -> dict[str, Any]:
 
 
 def _write_tables(writer: ArchiveWriter, conn, snap: SnapshotInfo, options: EngineOptions,
-                  report: Throttle) -> list[TableReport]:
+                  report: Throttle, url: str) -> list[TableReport]:
     tables = snap.catalog.tables
     total_estimate = sum(t.estimated_rows for t in tables) or None
     reports: list[TableReport] = []
     done_rows, current = 0, -1
-    for index, batch, sizer in iter_table_batches(conn, tables, options.batch_bytes):
+    for index, batch, sizer in iter_table_batches(conn, tables, options.batch_bytes, url=url):
         table = tables[index]
         if index != current:
             current = index

@@ -5,20 +5,23 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import dsn
-from ..core import calculate_diff, restore_backup, run_backup, verify_backup
-from ..core.destination import Destination, LocalDestination, LocalPartStore, S3Destination, S3PartStore
-from ..core.parallel import PartRunner, PartStore, ProcessRunner, run_parallel_backup
+from .. import core, dsn
 from ..errors import NotFoundError, UsageError
 from ..names import is_backup_name
 from ..progress import ProgressFn
-from ..storage.factory import s3_storage
 from . import EXCLUSIVE, SHARED, Database, database_lock, job
 from .options import database_url as _url
 from .options import engine_options
 from .results import CreateJobResult, DiffJobResult, RestoreJobResult, VerifyJobResult
+
+if TYPE_CHECKING:
+    from ..core.destination import Destination
+    from ..core.parallel import PartRunner, PartStore
+
+# Each job imports the part of the engine it runs when it runs (core's entry points load on first use): a
+# `backupctl create` does not pay for the diff, the restore, the parallel backup or boto3 at start-up.
 
 
 def resolve_backup_file(file: str, backup_dir: Path, *, allow_paths: bool = True) -> Path:
@@ -70,12 +73,14 @@ def create(*, progress: ProgressFn, db: Database, output_dir: str | None = None,
     url, options = _url(db, database_url), engine_options(settings)
     with database_lock(url, SHARED, "create"):
         if count > 1:
+            from ..core.parallel import ProcessRunner, run_parallel_backup
+
             runner = (runner_factory(count, store) if runner_factory
                       else ProcessRunner(count, store, secrets.token_hex(6)))
             result = run_parallel_backup(database_url=url, runner=runner, progress=progress, options=options,
                                          destination=destination)
         else:
-            result = run_backup(database_url=url, progress=progress, options=options, destination=destination)
+            result = core.run_backup(database_url=url, progress=progress, options=options, destination=destination)
     uploaded = None
     if upload and to != "s3":  # after the lock: a restore need not wait for the upload
         from .storage import upload as upload_job
@@ -85,9 +90,13 @@ def create(*, progress: ProgressFn, db: Database, output_dir: str | None = None,
 
 
 def _destination(to: str, directory: Path, db: Database) -> tuple[Destination, PartStore]:
+    from ..core.destination import LocalDestination, LocalPartStore, S3Destination, S3PartStore
+
     if to == "local":
         return LocalDestination(directory), LocalPartStore(directory)
     if to == "s3":
+        from ..storage.factory import s3_storage
+
         storage = s3_storage(db.settings)
         return S3Destination(storage), S3PartStore(storage)
     raise UsageError(f"unknown destination {to!r}", hint="Use --to local or --to s3.")
@@ -99,7 +108,7 @@ def diff(*, progress: ProgressFn, db: Database, file: str, database_url: str | N
     path = resolve_backup_file(file, db.settings.BACKUP_DIR, allow_paths=allow_paths)
     url = _url(db, database_url)
     with database_lock(url, SHARED, "diff"):
-        summary = calculate_diff(path, database_url=url, detailed=detailed, progress=progress,
+        summary = core.calculate_diff(path, database_url=url, detailed=detailed, progress=progress,
                                  tables=tables, options=engine_options(db.settings))
     return DiffJobResult.model_validate({**summary.model_dump(), **_target(db, database_url), "file": str(path)}
                                         ).model_dump(mode="json")
@@ -114,7 +123,7 @@ def restore_file(path: str, *, progress: ProgressFn, db: Database, database_url:
     options = engine_options(db.settings).with_(refresh_views=refresh_views)
     url = _url(db, database_url)
     with database_lock(url, SHARED if dry_run else EXCLUSIVE, job_name) as lock:
-        result = restore_backup(Path(path), show_diff=show_diff, database_url=url, dry_run=dry_run,
+        result = core.restore_backup(Path(path), show_diff=show_diff, database_url=url, dry_run=dry_run,
                                 tables=tables, progress=progress, options=options, large_objects=large_objects,
                                 before_commit=lock.check)
     out = {**result.model_dump(), **_target(db, database_url), "file": str(path), "source": source}
@@ -132,7 +141,7 @@ def restore(*, progress: ProgressFn, db: Database, file: str, database_url: str 
 
 def verify_file(path: str, *, progress: ProgressFn, db: Database, source: dict[str, Any] | None = None
                 ) -> dict[str, Any]:
-    result = verify_backup(Path(path), progress=progress, options=engine_options(db.settings))
+    result = core.verify_backup(Path(path), progress=progress, options=engine_options(db.settings))
     return VerifyJobResult.model_validate({**result.model_dump(), "file": path, "source": source}
                                           ).model_dump(mode="json")
 

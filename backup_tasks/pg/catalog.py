@@ -52,7 +52,8 @@ class Table:
     estimated_rows: int = 0
     filter: str | None = None  # an extension configuration table's condition: only the rows it selects are data
     heap_pages: int = 0  # the table's pages now (pg_relation_size / block size): what a sequential scan reads
-    data_bytes: int = 0  # pg_table_size: heap and TOAST, what a backup reads (no indexes)
+    data_bytes: int = 0  # heap and TOAST pages on disk, what a backup reads (no indexes; pg_table_size also stats
+    # the free-space and visibility maps and opens the TOAST table: 25 ms more on 1,000 tables)
 
     @property
     def key(self) -> str:
@@ -125,7 +126,9 @@ def _read_tables(cur) -> tuple[list[Table], tuple[str, str] | None]:
     cur.execute(
         f"""
         SELECT c.oid, n.nspname, c.relname, c.relpersistence, greatest(c.reltuples, 0)::bigint, cfg.cond,
-               pg_relation_size(c.oid) / current_setting('block_size')::bigint, pg_table_size(c.oid)
+               pg_relation_size(c.oid) / current_setting('block_size')::bigint,
+               pg_relation_size(c.oid) + CASE WHEN c.reltoastrelid <> 0 THEN pg_relation_size(c.reltoastrelid)
+                                              ELSE 0 END
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN ({_CONFIG_TABLES}) cfg ON cfg.relid = c.oid
         WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {_USER_SCHEMA}
