@@ -84,12 +84,15 @@ def test_a_waiting_lock_leaves_the_backup_to_one_session(make_db):
         info = open_backup_snapshot(conn, 60)
         tables = info.catalog.tables
         blocked.start()  # queues behind the backup's ACCESS SHARE: a new ACCESS SHARE on t001 would queue behind it
-        wait_for(lambda: query(url, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
-                                    "WHERE c.relname = 't001' AND NOT l.granted")[0][0] == 1, 30, what="the waiter")
+        waiting = ("SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+                   "WHERE c.relname = 't001' AND NOT l.granted "
+                   "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        wait_for(lambda: query(url, waiting)[0][0] == 1, 30, what="the waiter")
         with side_reader(url, conn, tables, [is_small(t, BUDGET) for t in tables]) as side:
             assert side is None, "the second session took its locks although a lock request waits"
         assert query(url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                          "'backup_tasks_reader'")[0][0] == 0, "the refused session was left open"
+                          "'backup_tasks_reader' AND datname = current_database()")[0][0] == 0, \
+            "the refused session was left open"
         rows = _read_all(conn, tables, url)  # the backup's own session already holds every lock: it never waits
         assert len(rows) == TABLES and all(len(r) == 5 for r in rows.values())
     finally:
