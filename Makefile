@@ -52,8 +52,12 @@ tools:
 	@scripts/ensure-tools.sh
 
 # The whole suite, what CI runs: the lint first (a broken layer contract or a ruff finding fails the run).
+# In TEST_WORKERS processes (pytest-xdist), each test file whole in one of them: most of the suite waits on
+# workers, servers and a cron minute rather than computing, and every test has its own databases, Redis
+# database and ports. Measured on this 2-core machine: 17 min 47 s in one process, 10 min 10 s in two.
+TEST_WORKERS ?= 2
 test: install services tools lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The edit loop: pure logic and the quick database tests (no Celery worker, no S3 server, no fault injection).
 test-fast: install services
