@@ -234,12 +234,15 @@ def side_reader(url: str | None, conn, tables: list[Table], small: list[bool]) -
     tables' ACCESS SHARE locks NOWAIT at once, as pg_dump -j's workers do: a lock it would have to queue for (a
     migration's ALTER waiting behind the backup) would wait for the backup itself. Anything that keeps it from
     starting (no free connection slot, a lock not available) leaves the whole backup to `conn`: None."""
-    picks = [i for i, is_it in enumerate(small) if is_it][1::2]
-    if url is None or 2 * len(picks) < SIDE_READER_MIN_TABLES:
+    if url is None or sum(small) < SIDE_READER_MIN_TABLES:
         yield None
         return
-    with conn.cursor() as cur:
-        snapshot = export_snapshot(cur)
+    picks = [i for i, is_it in enumerate(small) if is_it][1::2]
+    try:
+        with conn.cursor() as cur:
+            snapshot = export_snapshot(cur)
+    except psycopg2.Error as exc:  # the backup's own transaction is aborted now: the backup cannot go on
+        raise _reading_error(exc) from None
     session = _joined_session(url, snapshot, [tables[i] for i in picks])
     if session is None:
         yield None
