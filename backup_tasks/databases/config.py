@@ -47,7 +47,7 @@ def deployment(settings: Settings | None = None) -> Deployment:
                                        tuple(patterns["exclude"]))
             effective(s, name, table, where, url=None)  # every override checked now, not at the first job
         else:
-            url, error = env_url(s, table["url_env"])
+            url, error = env_url(table["url_env"])
             out.databases[name] = database_of(s, name, table, where, url, error, f"url_env {table['url_env']}")
     check_separate(list(out.databases.values()), path)
     return out
@@ -142,7 +142,7 @@ def effective(base: Settings, name: str, table: dict[str, Any], where: str, url:
         if not isinstance(drill_env, str) or not ENV_NAME_RE.fullmatch(drill_env):
             raise ConfigError(f"{where}: drill_url_env is the name of the environment variable holding the "
                               "database's scratch database URL", hint=FILE_HINT)
-        updates["DRILL_DATABASE_URL"] = SecretStr(env_url(base, drill_env)[0] or "")
+        updates["DRILL_DATABASE_URL"] = SecretStr(env_url(drill_env)[0] or "")
     try:
         return Settings.model_validate({**base.model_dump(), **updates})
     except ValidationError as exc:
@@ -163,8 +163,8 @@ def database_of(base: Settings, name: str, table: dict[str, Any], where: str, ur
     return Database(name, origin, config, overrides, error)
 
 
-def env_url(settings: Settings, variable: str) -> tuple[str | None, str | None]:
-    """The URL in `variable` (the process environment, else the settings' .env file), or why there is none."""
+def env_url(variable: str) -> tuple[str | None, str | None]:
+    """The URL in `variable` (the process environment, else .env), or why there is none."""
     value = os.environ.get(variable)
     if value is None:
         value = env_file_values(ENV_FILE).get(variable)

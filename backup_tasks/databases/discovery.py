@@ -23,7 +23,7 @@ def discovered(dep: Deployment, server: Server) -> list[Database]:
     """The databases on `server` (asked at most every DISCOVERY_TTL_S), under their own names; a name that is
     declared in the file or is not a valid name is skipped with a warning."""
     where = f"{dep.file}: [databases.{server.name}]"
-    url, error = env_url(dep.settings, server.url_env)
+    url, error = env_url(server.url_env)
     if error:
         raise ConfigError(f"server {server.name}: {error}", hint="Set it in this process's environment (or .env).")
     declared = {dsn.parse(db.config.database_url).key for db in dep.databases.values() if not db.url_error}

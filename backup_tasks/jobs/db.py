@@ -109,7 +109,7 @@ def diff(*, progress: ProgressFn, db: Database, file: str, database_url: str | N
     url = _url(db, database_url)
     with database_lock(url, SHARED, "diff"):
         summary = core.calculate_diff(path, database_url=url, detailed=detailed, progress=progress,
-                                 tables=tables, options=engine_options(db.settings))
+                                      tables=tables, options=engine_options(db.settings))
     return DiffJobResult.model_validate({**summary.model_dump(), **_target(db, database_url), "file": str(path)}
                                         ).model_dump(mode="json")
 
@@ -124,8 +124,8 @@ def restore_file(path: str, *, progress: ProgressFn, db: Database, database_url:
     url = _url(db, database_url)
     with database_lock(url, SHARED if dry_run else EXCLUSIVE, job_name) as lock:
         result = core.restore_backup(Path(path), show_diff=show_diff, database_url=url, dry_run=dry_run,
-                                tables=tables, progress=progress, options=options, large_objects=large_objects,
-                                before_commit=lock.check)
+                                     tables=tables, progress=progress, options=options, large_objects=large_objects,
+                                     before_commit=lock.check)
     out = {**result.model_dump(), **_target(db, database_url), "file": str(path), "source": source}
     return RestoreJobResult.model_validate(out).model_dump(mode="json")
 
