@@ -119,6 +119,28 @@ def test_a_backup_of_many_small_tables_restores_equal_with_the_defaults(make_db,
     assert_same(before, snapshot(target))
 
 
+def test_a_role_limited_to_one_connection_backs_up_on_one_session(make_db, backup_dir: Path):
+    """Managed databases often cap a role's connections: the second session is refused, and the backup goes on
+    without it, complete."""
+    _, url = make_db()
+    role = f"one_conn_{os.getpid()}"
+    run_sql(url, f"CREATE ROLE {role} LOGIN CONNECTION LIMIT 1; GRANT pg_read_all_data TO {role}")
+    try:
+        _schema(url)
+        limited = url.replace("postgres@", f"{role}@", 1)
+        conn = connect(limited)
+        try:
+            tables = open_backup_snapshot(conn, 60).catalog.tables
+            with side_reader(limited, conn, tables, [is_small(t, BUDGET) for t in tables]) as side:
+                assert side is None, "a second connection was made past the role's limit"
+            rows = _read_all(conn, tables, limited)
+            assert len(rows) == TABLES and all(len(r) == 5 for r in rows.values())
+        finally:
+            conn.close()
+    finally:
+        run_sql(url, f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
 @pytest.mark.parametrize("count, expected", [(TABLES, TABLES // 2), (99, 0)])
 def test_the_second_session_starts_from_the_shipped_threshold(make_db, count, expected):
     _, url = make_db()

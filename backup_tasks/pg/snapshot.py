@@ -234,7 +234,9 @@ def side_reader(url: str | None, conn, tables: list[Table], small: list[bool]) -
     tables' ACCESS SHARE locks NOWAIT at once, as pg_dump -j's workers do: a lock it would have to queue for (a
     migration's ALTER waiting behind the backup) would wait for the backup itself. Anything that keeps it from
     starting (no free connection slot, a lock not available) leaves the whole backup to `conn`: None."""
-    if url is None or sum(small) < SIDE_READER_MIN_TABLES:
+    # Before PostgreSQL 10 a hot standby cannot export a snapshot, and the failed export would abort the
+    # backup's own transaction: such servers keep the one session.
+    if url is None or sum(small) < SIDE_READER_MIN_TABLES or conn.server_version < 100000:
         yield None
         return
     picks = [i for i, is_it in enumerate(small) if is_it][1::2]
