@@ -65,9 +65,11 @@ def test_a_bad_value_is_a_config_error_naming_the_setting_not_the_value(clean_en
     assert caught.value.exit_code == ExitCode.USAGE
 
 
-def test_backupctl_refuses_a_bad_setting_in_one_line_without_a_traceback(tmp_path: Path) -> None:
+@pytest.mark.parametrize("url", ["host=db password=s3cret-pw dbname=app", "postgresql://app:s3cret-pw@db/app"],
+                         ids=["key-value", "url"])
+def test_backupctl_refuses_a_bad_setting_in_one_line_without_a_traceback(tmp_path: Path, url: str) -> None:
     env = {k: v for k, v in os.environ.items() if k.upper() not in Settings.model_fields}
-    env.update(BACKUP_JOBS="0", BACKUP_DIR=str(tmp_path), DATABASE_URL="host=db password=s3cret-pw dbname=app")
+    env.update(BACKUP_JOBS="0", BACKUP_DIR=str(tmp_path), DATABASE_URL=url)
     done = subprocess.run([sys.executable, "-m", "backup_tasks", "list", "--local"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == int(ExitCode.USAGE), done.stderr
