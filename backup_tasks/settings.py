@@ -134,14 +134,14 @@ def load_settings(env_file: str | os.PathLike | None = ENV_FILE, **values: Any) 
     """`values`, else the environment, else `env_file` (None: no file), else the defaults. A value that does
     not validate is a ConfigError naming the setting, never its value."""
     try:
-        return Settings(**{**_configured(Settings.model_fields, env_file), **values})
+        return Settings(**{**_configured(env_file), **values})
     except ValidationError as exc:
         raise _config_error(exc) from None
 
 
-def _configured(fields: dict[str, Any], env_file: str | os.PathLike | None) -> dict[str, str]:
-    """The fields' values from the environment over those of the env file, by case-insensitive name."""
-    wanted = {name.lower(): name for name in fields}
+def _configured(env_file: str | os.PathLike | None) -> dict[str, str]:
+    """The settings' values from the environment over those of the env file, by case-insensitive name."""
+    wanted = {name.lower(): name for name in Settings.model_fields}
     found: dict[str, str] = {}
     for source in (env_file_values(env_file), os.environ):
         for key, value in source.items():

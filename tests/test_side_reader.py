@@ -12,7 +12,9 @@ import os
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg2
 import pytest
@@ -60,7 +62,7 @@ def test_both_sessions_read_the_backups_snapshot(make_db, monkeypatch):
             used.append(side)
             yield side
 
-    monkeypatch.setattr(snap_mod, "side_reader", __import__("contextlib").contextmanager(spy))
+    monkeypatch.setattr(snap_mod, "side_reader", contextmanager(spy))
     conn = connect(url)
     try:
         info = open_backup_snapshot(conn, 60)
@@ -142,9 +144,13 @@ def test_a_role_limited_to_one_connection_backs_up_on_one_session(make_db, backu
 
 
 @pytest.mark.parametrize("count, expected", [(TABLES, TABLES // 2), (99, 0)])
-def test_the_second_session_starts_from_the_shipped_threshold(make_db, count, expected):
-    _, url = make_db()
+@pytest.mark.parametrize("form", ["url", "key-value"])
+def test_the_second_session_starts_from_the_shipped_threshold(make_db, count, expected, form):
+    name, url = make_db()
     run_sql(url, "".join(f"CREATE TABLE s{i:03d} (id int);" for i in range(count)))
+    if form == "key-value":  # the DATABASE_URL form libpq also takes; the second session connects with it too
+        parsed = urlsplit(url)
+        url = f"host={parsed.hostname} port={parsed.port or 5432} user={parsed.username} dbname={name}"
     conn = connect(url)
     try:
         tables = open_backup_snapshot(conn, 60).catalog.tables

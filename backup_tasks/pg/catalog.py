@@ -126,9 +126,8 @@ def _read_tables(cur) -> tuple[list[Table], tuple[str, str] | None]:
     cur.execute(
         f"""
         SELECT c.oid, n.nspname, c.relname, c.relpersistence, greatest(c.reltuples, 0)::bigint, cfg.cond,
-               pg_relation_size(c.oid) / current_setting('block_size')::bigint,
-               pg_relation_size(c.oid) + CASE WHEN c.reltoastrelid <> 0 THEN pg_relation_size(c.reltoastrelid)
-                                              ELSE 0 END
+               pg_relation_size(c.oid), current_setting('block_size')::bigint,
+               CASE WHEN c.reltoastrelid <> 0 THEN pg_relation_size(c.reltoastrelid) ELSE 0 END
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
         LEFT JOIN ({_CONFIG_TABLES}) cfg ON cfg.relid = c.oid
         WHERE c.relkind = 'r' AND c.relpersistence IN ('p', 'u') AND {_USER_SCHEMA}
@@ -138,12 +137,13 @@ def _read_tables(cur) -> tuple[list[Table], tuple[str, str] | None]:
     )
     tables: list[Table] = []
     alembic = None
-    for oid, schema, name, persistence, estimate, cond, heap_pages, data_bytes in cur.fetchall():
+    for oid, schema, name, persistence, estimate, cond, heap_bytes, block_size, toast_bytes in cur.fetchall():
         if name == ALEMBIC_TABLE and alembic is None and schema == "public":
             alembic = (schema, name)
             continue
+        heap_bytes = int(heap_bytes or 0)  # a relation's size is whole pages
         tables.append(Table(oid, schema, name, persistence, estimated_rows=int(estimate), filter=cond,
-                            heap_pages=int(heap_pages or 0), data_bytes=int(data_bytes or 0)))
+                            heap_pages=heap_bytes // int(block_size), data_bytes=heap_bytes + int(toast_bytes or 0)))
     if alembic is None:
         cur.execute(f"SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
                     f"WHERE c.relname = %s AND c.relkind = 'r' AND {_USER_SCHEMA} ORDER BY 1 LIMIT 1",
