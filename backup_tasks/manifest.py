@@ -16,16 +16,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from .names import sidecar_path
+from .record import Record
 
 MANIFEST_FORMAT = "backup_tasks-manifest"
 MANIFEST_VERSION = 1
 MAX_BYTES = 64 << 20  # a manifest of a million tables is ~60 MB; anything larger is not one of ours
 
 
-class Manifest(BaseModel):
+class Manifest(Record):
     format: str = MANIFEST_FORMAT
     manifest_version: int = MANIFEST_VERSION
     name: str

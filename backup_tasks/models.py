@@ -9,7 +9,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
+
+from .record import Record
 
 FORMAT_NAME = "backup_tasks"
 # 1: tables. 2: tables and the `large_objects` section, written only when the database has large objects (so an
@@ -18,7 +20,7 @@ FORMAT_VERSION = 2
 LARGE_OBJECTS_FORMAT_VERSION = 2
 
 
-class SequenceState(BaseModel):
+class SequenceState(Record):
     schema_name: str = Field(alias="schema")
     name: str
     last_value: int
@@ -27,7 +29,7 @@ class SequenceState(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
-class TableSchema(BaseModel):
+class TableSchema(Record):
     """One entry of the metadata's table of contents: what a table object in `tables` will hold."""
 
     key: str
@@ -42,11 +44,11 @@ class TableSchema(BaseModel):
     model_config = ConfigDict(populate_by_name=True)
 
 
-class LargeObjectsInfo(BaseModel):
+class LargeObjectsInfo(Record):
     count: int  # large objects in the backup (the `large_objects` section holds their chunks)
 
 
-class NotIncludedItem(BaseModel):
+class NotIncludedItem(Record):
     """Something in the database that holds data and is not in the backup, and why."""
 
     kind: str  # "foreign table" | "materialized view" | "extension table"
@@ -54,7 +56,7 @@ class NotIncludedItem(BaseModel):
     reason: str
 
 
-class BackupMetadata(BaseModel):
+class BackupMetadata(Record):
     timestamp: datetime
     migration_version: str | None
     database_name: str
@@ -72,7 +74,7 @@ class BackupMetadata(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
-class TableBackup(BaseModel):
+class TableBackup(Record):
     row_count: int
     columns: list[str]
     data: list[list[Any]]
@@ -83,12 +85,12 @@ class TableBackup(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
-class BackupData(BaseModel):
+class BackupData(Record):
     metadata: BackupMetadata
     tables: dict[str, TableBackup]
 
 
-class TableReport(BaseModel):
+class TableReport(Record):
     """What create_backup wrote for one table (for the seed's `- users: 100 rows (12.34 KB)` lines)."""
 
     name: str
@@ -96,7 +98,7 @@ class TableReport(BaseModel):
     bytes: int
 
 
-class BackupResult(BaseModel):
+class BackupResult(Record):
     path: str
     name: str
     timestamp: datetime
@@ -116,7 +118,7 @@ class BackupResult(BaseModel):
     recipients: list[str] = Field(default_factory=list)  # age public keys it was encrypted to (empty: plain)
 
 
-class TableDiff(BaseModel):
+class TableDiff(Record):
     current_rows: int
     backup_rows: int
     diff: int  # backup - current, as the seed defines it
@@ -129,7 +131,7 @@ class TableDiff(BaseModel):
     in_database: bool = True
 
 
-class DiffSummary(BaseModel):
+class DiffSummary(Record):
     tables: dict[str, TableDiff]
     total_current_rows: int
     total_backup_rows: int
@@ -142,12 +144,12 @@ class DiffSummary(BaseModel):
     large_objects: TableDiff | None = None  # counts (and, detailed, oids to add or remove) of large objects
 
 
-class RestoredTable(BaseModel):
+class RestoredTable(Record):
     name: str
     rows: int
 
 
-class RestoreResult(BaseModel):
+class RestoreResult(Record):
     success: bool
     restored_tables: int
     restored_rows: int
@@ -169,7 +171,7 @@ class RestoreResult(BaseModel):
     phase_s: dict[str, float] = Field(default_factory=dict)  # seconds per step after the rows
 
 
-class VerifyResult(BaseModel):
+class VerifyResult(Record):
     ok: bool
     name: str
     timestamp: datetime | None = None
@@ -190,7 +192,7 @@ DRILL_REPORT_FORMAT = "backup_tasks-drill"
 DRILL_OK, DRILL_FAILED, DRILL_ERROR = "ok", "failed", "error"  # error: the drill could not run to a verdict
 
 
-class DrillCheck(BaseModel):
+class DrillCheck(Record):
     """One step of a drill: `ok` None when it did not run (an earlier step failed)."""
 
     name: str  # prepare | schema | checksum | restore | rows | sequences | migration_version
@@ -200,7 +202,7 @@ class DrillCheck(BaseModel):
     failures: list[str] = Field(default_factory=list)  # failing tables, columns or sequences, by name
 
 
-class DrillReport(BaseModel):
+class DrillReport(Record):
     format: str = DRILL_REPORT_FORMAT
     report_version: int = 1
     backup: str  # the backup's name

@@ -15,14 +15,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import ConfigDict, Field, SecretStr, ValidationError
 
 from .errors import ConfigError
+from .record import Record
 
 ENV_FILE = ".env"
 
 
-class Settings(BaseModel):
+class Settings(Record):
     """The settings, validated; load_settings() reads them from the environment and .env."""
 
     model_config = ConfigDict(extra="ignore")

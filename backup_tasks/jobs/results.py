@@ -11,13 +11,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from .. import dsn
 from ..models import BackupResult, DiffSummary, DrillReport, RestoreResult, VerifyResult
+from ..record import Record
 
 
-class WorkerTarget(BaseModel):
+class WorkerTarget(Record):
     """The database a worker's jobs act on when given no --database-url; its answer to the client's ping."""
 
     name: str
@@ -33,7 +34,7 @@ class WorkerTarget(BaseModel):
                    description=target.describe())
 
 
-class DrillStatus(BaseModel):
+class DrillStatus(Record):
     """A backup's last drill, as a listing shows it: from its `<backup>.drill.json`."""
 
     outcome: str  # ok | failed | error | unreadable
@@ -51,7 +52,7 @@ class DrillStatus(BaseModel):
         return cls(outcome=report.outcome, finished_at=report.finished_at, detail=report.error)
 
 
-class StoredBackup(BaseModel):
+class StoredBackup(Record):
     name: str
     size: int
     created_at: datetime
@@ -63,7 +64,7 @@ class StoredBackup(BaseModel):
     drill: DrillStatus | None = None  # its last restore drill (None: never drilled)
 
 
-class ListingJobResult(BaseModel):
+class ListingJobResult(Record):
     location: str
     where: str
     details: bool = True  # False: list-s3 without --long (no checksums or migration versions: one request)
@@ -75,7 +76,7 @@ class UploadJobResult(StoredBackup):
     url: str
 
 
-class DownloadJobResult(BaseModel):
+class DownloadJobResult(Record):
     name: str
     path: str
     size: int
@@ -83,7 +84,7 @@ class DownloadJobResult(BaseModel):
     checksum: str  # "ok" (verified against the recorded SHA-256) | "missing"
 
 
-class S3Source(BaseModel):
+class S3Source(Record):
     location: str = "s3"
     url: str
     sha256: str | None = None
@@ -111,14 +112,14 @@ class VerifyJobResult(VerifyResult):
     source: S3Source | None = None
 
 
-class VerifiedNewest(BaseModel):
+class VerifiedNewest(Record):
     """retention.Verified: the newest backup whose checksum verifies (None: none does), and why newer ones did not."""
 
     newest: str | None = None
     failed: dict[str, str] = Field(default_factory=dict)
 
 
-class CleanupLocation(BaseModel):
+class CleanupLocation(Record):
     where: str | None = None
     skipped: str | None = None  # why this location was not looked at (S3 not configured)
     verified: VerifiedNewest | None = None
@@ -130,13 +131,13 @@ class CleanupLocation(BaseModel):
     errors: dict[str, str] = Field(default_factory=dict)
 
 
-class CleanupJobResult(BaseModel):
+class CleanupJobResult(Record):
     dry_run: bool
     policy: dict[str, int]
     locations: dict[str, CleanupLocation]
 
 
-class ScheduledBackupResult(BaseModel):
+class ScheduledBackupResult(Record):
     slot: str
     database: str | None = None  # the PostgreSQL database's own name
     db: str | None = None  # its name in this deployment (--db); a server's name for a fan-out
@@ -148,7 +149,7 @@ class ScheduledBackupResult(BaseModel):
     cleanup: CleanupJobResult | None = None
 
 
-class ScheduledDrillResult(BaseModel):
+class ScheduledDrillResult(Record):
     slot: str
     database: str | None = None  # the PostgreSQL database's own name
     db: str | None = None  # its name in this deployment
@@ -157,7 +158,7 @@ class ScheduledDrillResult(BaseModel):
     drill: dict[str, Any] | None = None  # a DrillJobResult
 
 
-class NewestBackup(BaseModel):
+class NewestBackup(Record):
     location: str
     where: str
     count: int = 0
@@ -166,7 +167,7 @@ class NewestBackup(BaseModel):
     error: str | None = None  # why the location could not be listed
 
 
-class DatabaseSummary(BaseModel):
+class DatabaseSummary(Record):
     """One database of the deployment, as `backupctl databases` shows it (by name, host and port: no URL)."""
 
     name: str
@@ -180,7 +181,7 @@ class DatabaseSummary(BaseModel):
     newest: list[NewestBackup] = Field(default_factory=list)
 
 
-class DatabasesJobResult(BaseModel):
+class DatabasesJobResult(Record):
     file: str | None = None  # BACKUP_DATABASES_FILE; None: the one database of DATABASE_URL
     databases: list[DatabaseSummary]
     problems: dict[str, str] = Field(default_factory=dict)  # servers whose discovery failed, and why
