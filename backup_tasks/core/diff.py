@@ -498,9 +498,10 @@ class _DetailedDiff:
         # the COPY in progress).
         statements, small = self.db.select_statements([(table, columns) for _, table, columns, _ in self.compared],
                                                       self.budget)
+        relations = self.db.relations([table for _, table, _, _ in self.compared])
         snapshot = self.db.export_snapshot()
         load = self.db.fingerprint_table()
-        run_copy_pipeline(self.db.cur, iter([(load, self._chunks(statements, small, snapshot))]),
+        run_copy_pipeline(self.db.cur, iter([(load, self._chunks(statements, small, snapshot, relations))]),
                           on_chunk=lambda mark: mark is not None and self.report(mark))
         differing = [i for i in range(len(self.compared)) if self.totals[2 * i] != self.totals[2 * i + 1]]
         counts = self.db.join([i for i in differing if i not in self.keyless])
@@ -512,10 +513,11 @@ class _DetailedDiff:
     def _knows_objects(self) -> bool:
         return bool(self.source.contents.large_objects) or self.file_objects > 0 or self.db.large_objects() > 0
 
-    def _chunks(self, statements: list[str], small: list[bool], snapshot: str) -> Iterator[tuple[bytes, Any]]:
+    def _chunks(self, statements: list[str], small: list[bool], snapshot: str,
+                relations: list[str]) -> Iterator[tuple[bytes, Any]]:
         """The producer: the fingerprint rows of both sides, as one binary COPY stream."""
         yield _BINARY_HEADER, None
-        stream = (read_json_rows(self.url, statements, small, snapshot, self.budget) if self.compared
+        stream = (read_json_rows(self.url, statements, small, snapshot, self.budget, relations) if self.compared
                   else _no_rows())
         database = _DatabaseRows(stream)
         try:

@@ -38,10 +38,12 @@ PIECE_BYTES = 128 << 10
 
 
 def read_json_rows(url: str, statements: list[str], small: list[bool], snapshot: str | None,
-                   budget: int) -> Iterator[tuple[int, bytes | None]]:
+                   budget: int, relations: list[str] | None = None) -> Iterator[tuple[int, bytes | None]]:
     """Yield (statement index, JSON lines of whole rows) as the child reads, and (index, None) after each one.
-    `statements` are the backup's SELECTs (pg/snapshot.select_rows), `small` which are read in one round trip."""
-    job = {"statements": statements, "small": small, "snapshot": snapshot, "budget": budget}
+    `statements` are the backup's SELECTs (pg/snapshot.select_rows), `small` which are read in one round trip,
+    `relations` the tables they read (quoted names), which the child locks as it joins the snapshot."""
+    job = {"statements": statements, "small": small, "snapshot": snapshot, "budget": budget,
+           "relations": relations or []}
     child = Child("backup_tasks.core.json_rows", job, {_URL_ENV: url})
     try:
         complete = yield from frames(child.chunks(PIECE_BYTES), len(statements))
@@ -96,7 +98,8 @@ def main() -> int:
     try:
         with stdout_stream() as out:
             for _, batch, sizer in batches_in_snapshot(url, job["snapshot"], job["statements"], job["budget"],
-                                                       job["small"], "backup_tasks_diff", READ_IN_FLIGHT):
+                                                       job["small"], "backup_tasks_diff", READ_IN_FLIGHT,
+                                                       job.get("relations")):
                 if batch is END:
                     out.write(END_OF_TABLE)
                     continue

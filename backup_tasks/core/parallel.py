@@ -85,17 +85,18 @@ def plan_backup(cur, snap: SnapshotInfo, metadata: dict[str, Any], options: Engi
 
     for index, table in enumerate(snap.catalog.tables):
         opening = document.table_open(table.key, table_header(table), first=index == 0)
+        relation = table.ident.as_string(cur)
         if can_split and not table.filter and table.data_bytes > options.split_min_bytes and table.heap_pages > 1:
             close_group()
             split = Split(index, table.key, opening)
             for pages, share in _page_ranges(table, target):
                 split.parts.append(len(parts))
                 statement = select_rows(table, pages=pages).as_string(cur)
-                parts.append(PartSpec(len(parts), [Unit(RANGE, table.key, statement)], share))
+                parts.append(PartSpec(len(parts), [Unit(RANGE, table.key, statement, relation=relation)], share))
             layout.append(("split", split))
             continue
         group.append(Unit(TABLE, table.key, select_rows(table).as_string(cur), opening.decode(),
-                          small=is_small(table, options.batch_bytes)))
+                          small=is_small(table, options.batch_bytes), relation=relation))
         size += table.data_bytes
         if size >= target:
             close_group()

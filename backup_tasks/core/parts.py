@@ -33,6 +33,7 @@ class Unit:
     opening: str | None = None  # TABLE: the table object's opening (archive/document.table_open), as text
     oids: tuple[int, int | None] | None = None  # OBJECTS: large objects with first <= oid < stop
     small: bool = False  # read in one round trip (pg/snapshot.is_small)
+    relation: str | None = None  # TABLE, RANGE: the table's quoted name, locked as the part starts (join_snapshot)
 
 
 @dataclass
@@ -98,7 +99,7 @@ def write_part(spec: PartSpec, task: PartTask, sink: Sink, output: str,
     result = PartResult(spec.index, output)
     try:
         with connection(task.database_url, application="backup_tasks_part") as conn:
-            join_snapshot(conn, task.snapshot)
+            join_snapshot(conn, task.snapshot, list(dict.fromkeys(u.relation for u in spec.units if u.relation)))
             _write_units(conn, spec, task, stream, result, tick or (lambda rows, size: None))
         result.compressed, _ = stream.finish()
     except BaseException:

@@ -53,6 +53,10 @@ class DiffSession:
         return ([select_rows(table, columns).as_string(self.cur) for table, columns in tables],
                 [is_small(table, budget) for table, _ in tables])
 
+    def relations(self, tables: list[Table]) -> list[str]:
+        """The tables' quoted names, for the reader that joins this snapshot to lock (pg/snapshot.join_snapshot)."""
+        return [t.ident.as_string(self.cur) for t in tables]
+
     def export_snapshot(self) -> str:
         self.cur.execute("SELECT pg_export_snapshot()")
         return self.cur.fetchone()[0]

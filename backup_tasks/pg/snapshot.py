@@ -16,9 +16,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg2
+import psycopg2.errors
 from psycopg2 import sql
 
-from ..errors import DatabaseError
+from ..errors import DatabaseError, Transient
 from .catalog import (
     Catalog,
     NotIncluded,
@@ -54,11 +55,14 @@ def export_snapshot(cur) -> str:
 def lock_tables(cur, tables: list[Table], *, nowait: bool = False) -> None:
     """ACCESS SHARE on every table, so none is dropped or truncated under the backup. nowait: fail at once (lock
     not available) rather than queue behind a waiting request."""
-    mode = sql.SQL("IN ACCESS SHARE MODE NOWAIT" if nowait else "IN ACCESS SHARE MODE")
-    for start in range(0, len(tables), 500):
-        chunk = tables[start:start + 500]
-        cur.execute(sql.SQL("LOCK TABLE {} {}").format(
-            sql.SQL(", ").join(sql.SQL("ONLY {}").format(t.ident) for t in chunk), mode))
+    lock_relations(cur, [t.ident.as_string(cur) for t in tables], nowait=nowait)
+
+
+def lock_relations(cur, relations: list[str], *, nowait: bool = False) -> None:
+    """lock_tables by quoted name (a part's or a diff reader's tables, named in its job), 500 a statement."""
+    mode = " IN ACCESS SHARE MODE NOWAIT" if nowait else " IN ACCESS SHARE MODE"
+    for start in range(0, len(relations), 500):
+        cur.execute("LOCK TABLE " + ", ".join("ONLY " + r for r in relations[start:start + 500]) + mode)
 
 
 BOOL_OID = 16
@@ -94,12 +98,29 @@ def page_range(first: int, stop: int | None) -> sql.Composable:
     return sql.SQL("{} AND ctid < {}::tid").format(low, sql.Literal(f"({stop},0)"))
 
 
-def join_snapshot(conn, snapshot: str) -> None:
+def join_snapshot(conn, snapshot: str, relations: list[str] | None = None) -> None:
     """Read exactly what the exporting transaction reads: REPEATABLE READ READ ONLY, then SET TRANSACTION
-    SNAPSHOT as its first statement (the exporter must still be open; pg_dump -j works so)."""
+    SNAPSHOT as its first statement (the exporter must still be open; pg_dump -j works so).
+
+    relations: the tables this session will read (quoted names), locked at once with NOWAIT, as pg_dump -j's
+    workers do. The exporter holds their ACCESS SHARE locks already; a session that asked for a stronger lock
+    since (a migration's ALTER TABLE) waits for the exporter, and this session's first read of the table would
+    queue behind that request: the exporter waits for this session, which waits for the migration, which waits
+    for the exporter. The server sees no cycle (the exporter waits in the client), so nothing would end it, and
+    every query of the application on that table would queue behind the migration meanwhile. Such a lock fails
+    here instead, at once, as a DatabaseError naming the table (transient: the job is retried later)."""
     conn.set_session(isolation_level=psycopg2.extensions.ISOLATION_LEVEL_REPEATABLE_READ, readonly=True)
     with conn.cursor() as cur:
         cur.execute("SET TRANSACTION SNAPSHOT %s", (snapshot,))
+        try:
+            lock_relations(cur, relations or [], nowait=True)
+        except psycopg2.errors.LockNotAvailable as exc:
+            raise DatabaseError(
+                f"{pg_error_message(exc)}: another session waits for a lock on it behind this job's own (a "
+                "migration's ALTER TABLE, say), so a second session of this job cannot read it without a deadlock",
+                hint="Nothing was written. Run the job again once that statement is done (pg_stat_activity shows "
+                "it, wait_event_type 'Lock'); a queued backup retries by itself.",
+                transient=Transient.DATABASE) from None
 
 
 class BatchSizer:
@@ -289,13 +310,14 @@ def _read_in_batches(conn, statement, i: int, sizer: BatchSizer, put: Callable[[
 
 
 def batches_in_snapshot(url: str, snapshot: str | None, statements: list[str], budget: int, small: list[bool],
-                        application: str, in_flight: int) -> Iterator[tuple[int, Any, BatchSizer]]:
+                        application: str, in_flight: int,
+                        relations: list[str] | None = None) -> Iterator[tuple[int, Any, BatchSizer]]:
     """iter_batches on a connection of its own that joins an exported snapshot (another process's reader, such as
-    the diff's); PostgreSQL's errors as DatabaseErrors."""
+    the diff's), its tables (`relations`) locked NOWAIT; PostgreSQL's errors as DatabaseErrors."""
     with connection(url, application=application) as conn:
         if snapshot:
             try:
-                join_snapshot(conn, snapshot)
+                join_snapshot(conn, snapshot, relations)
             except psycopg2.Error as exc:
                 raise _reading_error(exc) from None
         yield from iter_batches(conn, statements, budget, small, in_flight)
