@@ -216,3 +216,48 @@ def test_part_tasks_are_visible_in_flower_events(celery_env, client_app, tmp_pat
     names = {e.get("name") for e in events if e.get("type") == "task-received"}
     assert "backup_tasks.backup_parts" in names
     assert any(e.get("type") == "task-progress" and e.get("uuid") != task_id for e in events)
+
+
+def test_a_queued_backup_gives_way_to_a_migration_and_retries(celery_env, tmp_path):
+    """What a user meets: `backupctl create --jobs 2` while a deploy's migration runs `ALTER TABLE` on a table the
+    backup has locked but not read yet. Before, the part that reached the table waited for the ALTER, the ALTER for
+    the backup, the backup for its part: nothing ended it, and the application's queries on the table queued behind
+    the ALTER. Now the part fails at once (NOWAIT), the attempt gives way with nothing kept, the migration runs, and
+    the task's retry (the error is transient) writes the backup, with the migration's new column."""
+    url = celery_env.db_url
+    database = url.rsplit("/", 1)[1]
+    run_sql(url, """
+        CREATE TABLE aaa_events (id int PRIMARY KEY, v text);
+        INSERT INTO aaa_events SELECT i, md5(i::text) || md5((-i)::text) FROM generate_series(1, 300000) i;
+        CREATE TABLE zz_orders (id int PRIMARY KEY, total numeric);
+        INSERT INTO zz_orders SELECT i, i * 1.5 FROM generate_series(1, 1000) i;
+        ANALYZE;
+    """)  # aaa_events is read first, in ~60 page ranges: zz_orders' part starts well after the ALTER queues
+    migrated: list[float] = []
+
+    def migrate() -> None:
+        held = ("SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE a.application_name = 'backup_tasks' AND a.datname = %s AND l.granted "
+                "AND l.mode = 'AccessShareLock' AND l.relation = 'public.zz_orders'::regclass")
+        wait_for(lambda: query(url, held, (database,))[0][0], 60, interval=0.005, what="the backup's locks")
+        run_sql(url, "ALTER TABLE zz_orders ADD COLUMN note text")  # queues behind the backup's lock
+        migrated.append(1)
+
+    env = {**celery_env.env, **SPLIT}
+    worker = Worker(env, tmp_path / "worker.log", concurrency=2).wait_ready()
+    thread = threading.Thread(target=migrate, daemon=True)
+    try:
+        thread.start()
+        result = backupctl(celery_env, "create", "--jobs", "2", timeout=180)
+        thread.join(30)
+    finally:
+        worker.stop()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert migrated, "the migration never ran"
+    log = (tmp_path / "worker.log").read_text()
+    gave_way = r'hit a transient error \(.*could not obtain lock on relation "public\.zz_orders"'
+    assert re.search(gave_way, log), log[-3000:]
+    path = saved(celery_env, result.stdout)
+    document_ = gzip.decompress(path.read_bytes())
+    assert b'"columns":["id","total","note"]' in document_.replace(b" ", b""), document_[:600]
+    assert len(list(celery_env.backup_dir.glob("backup_*.backup.gz"))) == 1  # the attempt that gave way kept nothing
