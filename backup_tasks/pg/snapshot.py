@@ -118,8 +118,8 @@ def join_snapshot(conn, snapshot: str, relations: list[str] | None = None) -> No
             raise DatabaseError(
                 f"{pg_error_message(exc)}: another session waits for a lock on it behind this job's own (a "
                 "migration's ALTER TABLE, say), so a second session of this job cannot read it without a deadlock",
-                hint="Nothing was written. Run the job again once that statement is done (pg_stat_activity shows "
-                "it, wait_event_type 'Lock'); a queued backup retries by itself.",
+                hint="Nothing was written or changed. Run it again once that statement is done (pg_stat_activity "
+                "shows it waiting, wait_event_type 'Lock'); a queued or scheduled backup retries by itself.",
                 transient=Transient.DATABASE) from None
 
 
