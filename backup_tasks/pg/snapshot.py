@@ -52,14 +52,14 @@ def export_snapshot(cur) -> str:
     return cur.fetchone()[0]
 
 
-def lock_tables(cur, tables: list[Table], *, nowait: bool = False) -> None:
-    """ACCESS SHARE on every table, so none is dropped or truncated under the backup. nowait: fail at once (lock
-    not available) rather than queue behind a waiting request."""
-    lock_relations(cur, [t.ident.as_string(cur) for t in tables], nowait=nowait)
+def lock_tables(cur, tables: list[Table]) -> None:
+    """ACCESS SHARE on every table, so none is dropped or truncated under the backup."""
+    lock_relations(cur, [t.ident.as_string(cur) for t in tables])
 
 
 def lock_relations(cur, relations: list[str], *, nowait: bool = False) -> None:
-    """lock_tables by quoted name (a part's or a diff reader's tables, named in its job), 500 a statement."""
+    """ACCESS SHARE on tables given by quoted name, 500 a statement. nowait: fail at once (lock not available)
+    rather than queue behind a waiting request (join_snapshot)."""
     mode = " IN ACCESS SHARE MODE NOWAIT" if nowait else " IN ACCESS SHARE MODE"
     for start in range(0, len(relations), 500):
         cur.execute("LOCK TABLE " + ", ".join("ONLY " + r for r in relations[start:start + 500]) + mode)
@@ -282,10 +282,8 @@ def _joined_session(url: str, snapshot: str, tables: list[Table]):
     except DatabaseError:
         return None
     try:
-        join_snapshot(session, snapshot)
-        with session.cursor() as cur:
-            lock_tables(cur, tables, nowait=True)
-    except psycopg2.Error:
+        join_snapshot(session, snapshot, [t.ident.as_string(session) for t in tables])
+    except (psycopg2.Error, DatabaseError):  # DatabaseError: a lock not available (join_snapshot's NOWAIT)
         session.close()
         return None
     return session
