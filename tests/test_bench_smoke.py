@@ -73,3 +73,17 @@ def test_the_diffs_found_the_changes_and_only_them(quick_run):
         assert ds["runs"]["diff_unchanged_local"][-1]["changes"] == {}, ds["label"]
         for key in ("diff_changed_local", "diff_changed_queued"):
             assert ds["runs"][key][-1]["changes"], (ds["label"], key)
+
+
+def test_every_parallel_time_target_has_its_cpu_floor(quick_run):
+    """The floor says whether a missed time target could be met on this machine's cores at this run's work."""
+    _, doc = quick_run
+    cores = doc["machine"]["cpus"]
+    for ds in doc["datasets"]:
+        if ds["kind"] not in ("pgbench", "skewed"):
+            continue
+        floors = doc["cpu_floors"][ds["label"]]
+        assert {"create_jobs2 / pg_dump_fc", "create_jobs2 / create_jobs1"} <= set(floors), floors
+        for v in floors.values():
+            assert v["cores"] == cores and 0 < v["floor_s"] and 0 < v["floor_ratio"], v
+        assert f"CPU floor on {cores} cores, create_jobs2 / create_jobs1" in doc["table"]

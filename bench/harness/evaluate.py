@@ -130,3 +130,21 @@ def cpu_per_gb(res: dict, s: dict[str, dict]) -> dict:
             out[key] = {"ours_cpu_s_per_gb": round(ours / gb, 2),
                         "server_cpu_s_per_gb": round((x["cpu_server_s"] or 0) / gb, 2)}
     return out
+
+
+def cpu_floors(res: dict, s: dict[str, dict], cores: int) -> dict:
+    """For each time target of ours: the ratio it could reach at best on `cores` cores, were the run's CPU-seconds
+    (client + worker + server) spread over every core with none idle: cpu_total / cores / the reference's time.
+    A target below its floor cannot be met on this machine without less work; one above it says how much of the
+    gap is waiting (round trips, one busy core) rather than work. CPU-seconds grow when processes contend for the
+    cores (caches, switches), so the floor is of this run's work, not of the work alone."""
+    out = {}
+    for t in TARGETS:
+        if t.metric != "time" or res["kind"] not in t.kinds or not t.op.startswith(("create", "restore", "diff")):
+            continue
+        x, ref = s.get(t.op) or {}, s.get(t.ref) or {}
+        if x.get("ok") and x.get("cpu_total_s") and ref.get("time_s"):
+            floor = x["cpu_total_s"] / cores
+            out[f"{t.op} / {t.ref}"] = {"floor_s": round(floor, 3), "floor_ratio": round(floor / ref["time_s"], 3),
+                                       "limit": t.limit, "cores": cores}
+    return out

@@ -16,7 +16,7 @@ import psycopg2
 
 from . import datasets, options, report
 from .engine import Engine, fingerprint
-from .evaluate import evaluate_all
+from .evaluate import cpu_floors, evaluate_all, summaries
 from .pg import HarnessError, Pg
 from .quiet import Quiet
 from .session import Harness, bench_dataset, drop_warm_dbs, make_warm_dbs
@@ -101,7 +101,9 @@ def finish(doc: dict, engine: Engine) -> int:
     verdicts = evaluate_all(results)
     doc["targets"] = verdicts
     doc["machine"]["loadavg_end"] = os.getloadavg()
-    doc["table"] = report.table(report.rows(results, verdicts))
+    cores = doc["machine"]["cpus"]
+    doc["cpu_floors"] = {res["label"]: cpu_floors(res, summaries(res), cores) for res in results}
+    doc["table"] = report.table(report.rows(results, verdicts, cores))
     doc["verdict"] = report.verdict(verdicts)
     print()
     for res in results:
