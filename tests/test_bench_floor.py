@@ -25,6 +25,8 @@ def test_the_floor_spreads_the_cpu_seconds_over_the_cores_against_the_reference_
 
 
 def test_no_floor_for_references_failed_runs_or_operations_not_run():
-    s = {"create_jobs2": {"ok": 0, "time_s": None, "cpu_total_s": None}, "create_jobs1": _summary(10.0, 14.0)}
+    # A failed summary still carrying figures: only its `ok` keeps it out. pg_dump_fc has figures but is a reference.
+    s = {"create_jobs2": {"ok": 0, "time_s": 9.0, "cpu_total_s": 16.0}, "create_jobs1": _summary(10.0, 14.0),
+         "pg_dump_fc": _summary(12.0, 17.0)}
     floors = cpu_floors({"kind": "pgbench"}, s, cores=2)
     assert not any(key.startswith(("create_jobs2", "pg_dump")) for key in floors), floors

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 
+from .operations import OPERATIONS
 from .targets import GROWTH, TARGETS, Target
 
 GiB = 2**30
@@ -135,12 +136,13 @@ def cpu_per_gb(res: dict, s: dict[str, dict]) -> dict:
 def cpu_floors(res: dict, s: dict[str, dict], cores: int) -> dict:
     """For each time target of ours: the ratio it could reach at best on `cores` cores, were the run's CPU-seconds
     (client + worker + server) spread over every core with none idle: cpu_total / cores / the reference's time.
-    A target below its floor cannot be met on this machine without less work; one above it says how much of the
+    A limit below the floor cannot be met on this machine without less work; a missed limit well above it says the
     gap is waiting (round trips, one busy core) rather than work. CPU-seconds grow when processes contend for the
     cores (caches, switches), so the floor is of this run's work, not of the work alone."""
+    ours = {op.key for op in OPERATIONS if op.side == "ours"}
     out = {}
     for t in TARGETS:
-        if t.metric != "time" or res["kind"] not in t.kinds or not t.op.startswith(("create", "restore", "diff")):
+        if t.metric != "time" or res["kind"] not in t.kinds or t.op not in ours:
             continue
         x, ref = s.get(t.op) or {}, s.get(t.ref) or {}
         if x.get("ok") and x.get("cpu_total_s") and ref.get("time_s"):

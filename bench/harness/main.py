@@ -103,7 +103,7 @@ def finish(doc: dict, engine: Engine) -> int:
     doc["machine"]["loadavg_end"] = os.getloadavg()
     cores = doc["machine"]["cpus"]
     doc["cpu_floors"] = {res["label"]: cpu_floors(res, summaries(res), cores) for res in results}
-    doc["table"] = report.table(report.rows(results, verdicts, cores))
+    doc["table"] = report.table(report.rows(results, verdicts, doc["cpu_floors"]))
     doc["verdict"] = report.verdict(verdicts)
     print()
     for res in results:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .evaluate import cpu_floors, cpu_per_gb, summaries
+from .evaluate import cpu_per_gb, summaries
 from .operations import OPERATIONS
 from .targets import TARGETS, describe, row_reference
 
@@ -70,7 +70,8 @@ def _met(verdicts: list[dict]) -> str:
     return "n/a" if all(v["met"] is None for v in verdicts) else "yes"
 
 
-def rows(results: list[dict], verdicts: list[dict], cores: int = 1) -> list[list[str]]:
+def rows(results: list[dict], verdicts: list[dict], floors: dict[str, dict] | None = None) -> list[list[str]]:
+    """floors: evaluate.cpu_floors per dataset label (main.finish computes them once, for the JSON too)."""
     out = []
     for res in results:
         s = summaries(res)
@@ -78,9 +79,9 @@ def rows(results: list[dict], verdicts: list[dict], cores: int = 1) -> list[list
         for key, v in cpu_per_gb(res, s).items():
             out.append([f"{res['label']}: CPU-s per GB, {key}", "", "", "", "", "", "",
                         f"{v['ours_cpu_s_per_gb']:.1f}/{v['server_cpu_s_per_gb']:.1f}", "(informational)", ""])
-        for key, v in cpu_floors(res, s, cores).items():
-            out.append([f"{res['label']}: CPU floor on {cores} cores, {key}", "", _f(v["floor_ratio"]), "", "", "",
-                        "", "", f"(informational: its CPU-s / {cores}; target <={v['limit']}x)", ""])
+        for key, v in (floors or {}).get(res["label"], {}).items():
+            out.append([f"{res['label']}: CPU floor on {v['cores']} cores, {key}", "", _f(v["floor_ratio"]), "", "",
+                        "", "", "", f"(informational: its CPU-s / {v['cores']}; target <={v['limit']}x)", ""])
     for v in (v for v in verdicts if v["metric"] in ("time_per_row", "rss_growth")):
         out.append([f"{v['dataset']}: {v['op']} {v['metric']}", "", _f(v["value"], ".3f"), "", "", "", "", "",
                     f"<={v['limit']}x", "yes" if v["met"] else ("n/a" if v["met"] is None else "NO")])
