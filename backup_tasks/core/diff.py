@@ -23,7 +23,7 @@ from ..archive.rowjson import lines_to_copy_text
 from ..errors import DatabaseError, InvalidBackupError
 from ..memory import pin_mmap_threshold
 from ..models import DiffSummary, TableDiff
-from ..pg.catalog import Table
+from ..pg.catalog import Catalog, Table
 from ..pg.copy_in import run_copy_pipeline
 from ..pg.diff_ops import DiffSession, diff_session
 from ..progress import Progress, ProgressFn, Throttle
@@ -55,8 +55,16 @@ def calculate_diff(backup_path: Path, *, database_url: str, detailed: bool = Tru
             contents, details, objects = _counts(source, report), {}, None
     report.flush()
     counted = (tables is None) if large_objects is None else large_objects
-    return _summary(source, db, contents, current, details, selected, detailed,
+    return _summary(source, db.catalog, db.migration_version, contents, current, details, selected, detailed,
                     _objects_diff(source, objects_now, objects) if counted else None)
+
+
+def counts_summary(source: BackupSource, contents: Contents, catalog: Catalog, migration_version: str | None,
+                   current: dict[str, int], objects_now: int, tables: list[str] | None) -> DiffSummary:
+    """The seed's counts diff from counts taken elsewhere: a restore's preface, whose backup side is the rows it
+    loaded and whose database side it counted in its own transaction before emptying the tables."""
+    return _summary(source, catalog, migration_version, contents, current, {}, set(tables) if tables else None,
+                    False, _objects_diff(source, objects_now, None) if tables is None else None)
 
 
 def _counts(source: BackupSource, report: Throttle) -> Contents:
@@ -79,10 +87,10 @@ def _objects_diff(source: BackupSource, current: int, detail: tuple[int, int] | 
                      to_delete=deleted, to_change=None)
 
 
-def _summary(source: BackupSource, db: DiffSession, contents: Contents, current: dict[str, int],
-             details: dict[str, tuple[int, int, int]], selected: set[str] | None, detailed: bool,
-             objects: TableDiff | None) -> DiffSummary:
-    db_tables = db.catalog.by_key()
+def _summary(source: BackupSource, catalog: Catalog, migration_version: str | None, contents: Contents,
+             current: dict[str, int], details: dict[str, tuple[int, int, int]], selected: set[str] | None,
+             detailed: bool, objects: TableDiff | None) -> DiffSummary:
+    db_tables = catalog.by_key()
     result: dict[str, TableDiff] = {}
     for header in contents.tables:
         if selected is not None and header.key not in selected:
@@ -96,7 +104,7 @@ def _summary(source: BackupSource, db: DiffSession, contents: Contents, current:
         )
     if selected is None:
         in_backup = {t.key for t in contents.tables}
-        for table in db.catalog.tables:
+        for table in catalog.tables:
             if table.key not in in_backup:  # a restore empties it
                 n = current.get(table.key, 0)
                 result[table.key] = TableDiff(current_rows=n, backup_rows=0, diff=-n, in_backup=False,
@@ -110,7 +118,7 @@ def _summary(source: BackupSource, db: DiffSession, contents: Contents, current:
         tables=result, total_current_rows=total_current, total_backup_rows=total_backup,
         total_diff=total_backup - total_current, backup_name=source.path.name, backup_timestamp=meta.timestamp,
         backup_migration_version=meta.migration_version, backup_database_name=meta.database_name,
-        current_migration_version=db.migration_version, large_objects=objects,
+        current_migration_version=migration_version, large_objects=objects,
     )
 
 

@@ -9,18 +9,19 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from ..archive.copytext import encode_rows
-from ..archive.reader import LARGE_OBJECTS, BackupReader
+from ..archive.reader import LARGE_OBJECTS, BackupReader, Contents
 from ..errors import InvalidBackupError
 from ..memory import pin_mmap_threshold
-from ..models import LARGE_OBJECTS_FORMAT_VERSION, RestoredTable, RestoreResult
+from ..models import LARGE_OBJECTS_FORMAT_VERSION, DiffSummary, RestoredTable, RestoreResult
 from ..pg.copy_in import TableLoad, copy_statement
 from ..pg.restore_tx import RestoreTransaction, restore_transaction
 from ..progress import Progress, ProgressFn, Throttle, no_progress
-from .diff import calculate_diff
+from .diff import calculate_diff, counts_summary
 from .options import EngineOptions
 from .plan import RestorePlan, plan_restore
 from .source import BackupSource, open_source
@@ -37,8 +38,9 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
                    source: BackupSource | None = None) -> RestoreResult:
     """Restore the backup into the database at `database_url`.
 
-    show_diff computes the seed's per-table row counts first (result.diff: from the backup's manifest and the
-    database, without reading the file twice); dry_run computes the full row-level diff and changes nothing.
+    show_diff reports the seed's per-table row counts (result.diff: the database's counted in the restore's own
+    transaction just before it empties the tables, the backup's the rows it loaded; the file is read once);
+    dry_run computes the full row-level diff and changes nothing.
     large_objects: None restores them with a full restore and leaves them alone with `tables`; True/False force.
     before_commit: raises to roll back at the last moment (the caller's job lock was lost, say).
     source: the file already opened (open_source: its checksum checked), so a drill does not hash it twice.
@@ -52,21 +54,33 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
     with_objects = _restores_large_objects(source, tables, large_objects)
     if dry_run:
         return _dry_run(source, database_url, tables, with_objects, options, progress, started)
-    diff = (calculate_diff(source.path, database_url=database_url, detailed=False, tables=tables, options=options,
-                           source=source) if show_diff else None)
     with restore_transaction(database_url, options.lock_timeout_s) as tx:
         plan = plan_restore(source.contents, tx.catalog, tables)
         sequences = _sequence_states(tx, source, plan, tables)
         if tables:
             tx.refuse_broken_references(plan.targets)
         views = tx.materialized_views(plan.targets) if options.refresh_views else []
+        counted = tx.current_counts(plan.targets) if show_diff else None
         tx.prepare(plan.targets, migration_version=source.contents.metadata.migration_version,
                    set_migration=not tables, large_objects=with_objects)
         loaded = _load(tx, source, plan, options, progress, with_objects)
         finished = tx.finish(sequences, plan.targets, views, progress or no_progress,
                              expected_large_objects=source.contents.large_objects if with_objects else None,
                              before_commit=before_commit)
+    diff = _counts_preface(source, tx, counted, loaded, tables) if counted is not None else None
     return _result(source, tx, plan, loaded, finished, diff, with_objects, started)
+
+
+def _counts_preface(source: BackupSource, tx: RestoreTransaction, counted: tuple[dict[str, int], int],
+                    loaded: list[RestoredTable], tables: list[str] | None) -> DiffSummary:
+    """The seed's counts diff, of what this restore replaced: the database's side counted in its transaction
+    before the tables were emptied, the backup's the rows it loaded (checked against the file's own counts as
+    they were read), so neither a second pass over the file nor the manifest is needed."""
+    rows = {t.name: t.rows for t in loaded}
+    contents = Contents(source.contents.metadata, [replace(h, row_count=rows.get(h.key, h.row_count or 0))
+                                                   for h in source.contents.tables], source.contents.uncompressed_bytes)
+    current, objects_now = counted
+    return counts_summary(source, contents, tx.catalog, tx.migration_version, current, objects_now, tables)
 
 
 def _restores_large_objects(source: BackupSource, tables: list[str] | None, asked: bool | None) -> bool:

@@ -16,6 +16,7 @@ from ..errors import DatabaseError
 from .catalog import Catalog, Table, read_catalog, read_migration_version
 from .connection import connection, pg_error_message, privilege_hint
 from .copy_in import TableLoad
+from .counts import count_rows
 from .largeobjects import count_large_objects
 from .snapshot import is_small, select_rows
 
@@ -32,17 +33,7 @@ class DiffSession:
         self.migration_version = read_migration_version(self.cur, self.catalog.alembic)
 
     def row_counts(self, tables: list[Table]) -> dict[str, int]:
-        """count(*) of every table (through an extension configuration table's filter), 200 tables a query."""
-        counts: dict[str, int] = {}
-        for start in range(0, len(tables), 200):
-            chunk = tables[start:start + 200]
-            self.cur.execute(sql.SQL(" UNION ALL ").join(
-                sql.SQL("SELECT {}::int, count(*) FROM ONLY {} {}").format(
-                    sql.Literal(i), t.ident, sql.SQL(t.filter or ""))
-                for i, t in enumerate(chunk)))
-            for i, n in self.cur.fetchall():
-                counts[chunk[i].key] = int(n)
-        return counts
+        return count_rows(self.cur, tables)
 
     def large_objects(self) -> int:
         return count_large_objects(self.cur)

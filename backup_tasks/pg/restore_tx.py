@@ -24,6 +24,7 @@ from . import restore_ops as ops
 from .catalog import Catalog, ForeignKey, Table, read_catalog, read_migration_version
 from .connection import connect, pg_error_message, privilege_hint
 from .copy_in import TableLoad, run_copy_pipeline
+from .counts import count_rows
 
 
 @dataclass
@@ -103,6 +104,14 @@ class RestoreTransaction:
     def materialized_views(self, targets: list[Table]) -> list[ops.MaterializedView]:
         with self.statements("reading the materialized views"):
             return ops.dependent_materialized_views(self.cur, targets, self.ancestors)
+
+    def current_counts(self, targets: list[Table]) -> tuple[dict[str, int], int]:
+        """The rows of each target and the large objects the restore is about to replace, counted under the lock
+        the emptying takes (so exactly those), on this connection: a restore's counts preface costs no second
+        session, catalog read or snapshot."""
+        with self.statements("counting the rows it replaces"):
+            ops.lock_for_emptying(self.cur, targets)
+            return count_rows(self.cur, targets), lo.count_large_objects(self.cur)
 
     # --- the phases -----------------------------------------------------------------------------------
     def prepare(self, targets: list[Table], *, migration_version: Any = None, set_migration: bool = False,
