@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ConfigDict, Field, ValidationError
 
 from .names import sidecar_path
-from .record import Record
+from .record import Record, empty_dict, empty_list
 
 MANIFEST_FORMAT = "backup_tasks-manifest"
 MANIFEST_VERSION = 1
@@ -39,14 +39,14 @@ class Manifest(Record):
     migration_version: str | None
     tool_version: str | None = None
     format_version: int = 1
-    tables: dict[str, int] = Field(default_factory=dict)  # table key -> rows, in the file's order
+    tables: dict[str, int] = Field(default_factory=empty_dict)  # table key -> rows, in the file's order
     total_rows: int = 0
     large_objects: int = 0
     large_object_bytes: int = 0
-    not_included: list[dict[str, Any]] = Field(default_factory=list)
+    not_included: list[dict[str, Any]] = Field(default_factory=empty_list)
     # The age public keys the backup was encrypted to (empty: not encrypted). The age header does not name its
     # recipients, so this is how a wrong identity's error can say which key is needed.
-    recipients: list[str] = Field(default_factory=list)
+    recipients: list[str] = Field(default_factory=empty_list)
 
     model_config = ConfigDict(extra="allow")
 

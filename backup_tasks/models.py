@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ConfigDict, Field
 
-from .record import Record
+from .record import Record, empty_dict, empty_list
 
 FORMAT_NAME = "backup_tasks"
 # 1: tables. 2: tables and the `large_objects` section, written only when the database has large objects (so an
@@ -66,10 +66,10 @@ class BackupMetadata(Record):
     format_version: int = FORMAT_VERSION
     server_version: str | None = None
     tool_version: str | None = None
-    contents: list[TableSchema] = Field(default_factory=list)
-    sequences: list[SequenceState] = Field(default_factory=list)
+    contents: list[TableSchema] = Field(default_factory=empty_list)
+    sequences: list[SequenceState] = Field(default_factory=empty_list)
     large_objects: LargeObjectsInfo | None = None  # absent when the database had none (and in older files)
-    not_included: list[NotIncludedItem] = Field(default_factory=list)
+    not_included: list[NotIncludedItem] = Field(default_factory=empty_list)
 
     model_config = ConfigDict(extra="allow")
 
@@ -112,10 +112,10 @@ class BackupResult(Record):
     duration_s: float
     large_objects: int = 0
     large_object_bytes: int = 0
-    not_included: list[NotIncludedItem] = Field(default_factory=list)
+    not_included: list[NotIncludedItem] = Field(default_factory=empty_list)
     parts: int = 1  # written by this many parts (a parallel backup), assembled in order
     part_writers: int | None = None  # processes that wrote the parts (queued parallel backups)
-    recipients: list[str] = Field(default_factory=list)  # age public keys it was encrypted to (empty: plain)
+    recipients: list[str] = Field(default_factory=empty_list)  # age public keys it was encrypted to (empty: plain)
 
 
 class TableDiff(Record):
@@ -159,16 +159,16 @@ class RestoreResult(Record):
     dry_run: bool = False
     migration_version_before: str | None = None
     migration_version_after: str | None = None
-    truncated: list[str] = Field(default_factory=list)
-    tables: list[RestoredTable] = Field(default_factory=list)
+    truncated: list[str] = Field(default_factory=empty_list)
+    tables: list[RestoredTable] = Field(default_factory=empty_list)
     sequences_restored: int = 0
     triggers_mode: str | None = None
     diff: DiffSummary | None = None
     duration_s: float = 0.0
-    views_refreshed: list[str] = Field(default_factory=list)  # materialized views over the restored tables
-    views_not_refreshed: list[str] = Field(default_factory=list)  # such views this role may not refresh
+    views_refreshed: list[str] = Field(default_factory=empty_list)  # materialized views over the restored tables
+    views_not_refreshed: list[str] = Field(default_factory=empty_list)  # such views this role may not refresh
     large_objects: dict[str, Any] | None = None  # restored, bytes, removed, owners_missing; or skipped: why
-    phase_s: dict[str, float] = Field(default_factory=dict)  # seconds per step after the rows
+    phase_s: dict[str, float] = Field(default_factory=empty_dict)  # seconds per step after the rows
 
 
 class VerifyResult(Record):
@@ -182,7 +182,7 @@ class VerifyResult(Record):
     uncompressed_bytes: int = 0
     sha256: str | None = None
     checksum: str = "unknown"  # "ok" | "missing" (no sidecar recorded) | "mismatch"
-    problems: list[str] = Field(default_factory=list)
+    problems: list[str] = Field(default_factory=empty_list)
     encrypted: bool = False  # an age file (decrypted and authenticated to its end by the verification)
 
 
@@ -199,7 +199,7 @@ class DrillCheck(Record):
     ok: bool | None = None
     seconds: float | None = None
     detail: str | None = None  # what was found, one line
-    failures: list[str] = Field(default_factory=list)  # failing tables, columns or sequences, by name
+    failures: list[str] = Field(default_factory=empty_list)  # failing tables, columns or sequences, by name
 
 
 class DrillReport(Record):
@@ -220,9 +220,9 @@ class DrillReport(Record):
     tool_version: str | None = None
     server_version: str | None = None  # the scratch server's
     backup_server_version: str | None = None
-    checks: list[DrillCheck] = Field(default_factory=list)
-    failing_tables: list[str] = Field(default_factory=list)
-    schema_mismatches: list[str] = Field(default_factory=list)
+    checks: list[DrillCheck] = Field(default_factory=empty_list)
+    failing_tables: list[str] = Field(default_factory=empty_list)
+    schema_mismatches: list[str] = Field(default_factory=empty_list)
     tables: int = 0
     rows: int = 0
     backup_bytes: int = 0  # the backup file's size (compressed)

@@ -15,7 +15,7 @@ from pydantic import Field
 
 from .. import dsn
 from ..models import BackupResult, DiffSummary, DrillReport, RestoreResult, VerifyResult
-from ..record import Record
+from ..record import Record, empty_dict, empty_list
 
 
 class WorkerTarget(Record):
@@ -59,7 +59,7 @@ class StoredBackup(Record):
     sha256: str | None = None  # on S3 only when listed with details
     migration_version: str | None = None
     location: str = "local"
-    sidecars: list[str] = Field(default_factory=list)  # kinds of names.SIDECARS stored next to it
+    sidecars: list[str] = Field(default_factory=empty_list)  # kinds of names.SIDECARS stored next to it
     unreadable: str | None = None  # why its head could not be read, when the listing tried
     drill: DrillStatus | None = None  # its last restore drill (None: never drilled)
 
@@ -116,19 +116,19 @@ class VerifiedNewest(Record):
     """retention.Verified: the newest backup whose checksum verifies (None: none does), and why newer ones did not."""
 
     newest: str | None = None
-    failed: dict[str, str] = Field(default_factory=dict)
+    failed: dict[str, str] = Field(default_factory=empty_dict)
 
 
 class CleanupLocation(Record):
     where: str | None = None
     skipped: str | None = None  # why this location was not looked at (S3 not configured)
     verified: VerifiedNewest | None = None
-    keep: list[str] = Field(default_factory=list)
-    delete: list[str] = Field(default_factory=list)
-    reasons: dict[str, list[str]] = Field(default_factory=dict)
-    ignored: list[str] = Field(default_factory=list)
-    deleted: list[str] = Field(default_factory=list)
-    errors: dict[str, str] = Field(default_factory=dict)
+    keep: list[str] = Field(default_factory=empty_list)
+    delete: list[str] = Field(default_factory=empty_list)
+    reasons: dict[str, list[str]] = Field(default_factory=empty_dict)
+    ignored: list[str] = Field(default_factory=empty_list)
+    deleted: list[str] = Field(default_factory=empty_list)
+    errors: dict[str, str] = Field(default_factory=empty_dict)
 
 
 class CleanupJobResult(Record):
@@ -142,7 +142,7 @@ class ScheduledBackupResult(Record):
     database: str | None = None  # the PostgreSQL database's own name
     db: str | None = None  # its name in this deployment (--db); a server's name for a fan-out
     skipped: bool
-    fanned_out: list[str] = Field(default_factory=list)  # a server's databases, each sent its own scheduled backup
+    fanned_out: list[str] = Field(default_factory=empty_list)  # a server's databases, each sent its own backup
     reason: str | None = None
     create: dict[str, Any] | None = None  # a CreateJobResult, or {"name", "resumed"} after a redelivery
     upload: UploadJobResult | None = None
@@ -177,14 +177,14 @@ class DatabaseSummary(Record):
     cron: str
     timezone: str
     retention: dict[str, int]
-    overrides: list[str] = Field(default_factory=list)
-    newest: list[NewestBackup] = Field(default_factory=list)
+    overrides: list[str] = Field(default_factory=empty_list)
+    newest: list[NewestBackup] = Field(default_factory=empty_list)
 
 
 class DatabasesJobResult(Record):
     file: str | None = None  # BACKUP_DATABASES_FILE; None: the one database of DATABASE_URL
     databases: list[DatabaseSummary]
-    problems: dict[str, str] = Field(default_factory=dict)  # servers whose discovery failed, and why
+    problems: dict[str, str] = Field(default_factory=empty_dict)  # servers whose discovery failed, and why
 
 
 class DrillJobResult(DrillReport):
