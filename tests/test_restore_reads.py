@@ -1,6 +1,6 @@
 """Issue 14.1: `restore FILE --yes` reads the backup's rows once. Nobody confirms, so no detailed diff is computed: the
-preface's counts come from the restore itself (the rows it loaded, the database's rows it replaced). Counted in the command's own process
-(every open of the backup file and the bytes read through it), not inferred from timings.
+preface's counts come from the restore itself (the rows it loaded, the database's rows it replaced). Counted in the
+command's own process (every open of the backup file and the bytes read through it), not inferred from timings.
 
 What --yes reads, by design: the SHA-256 pass (a tampered file is refused before the first statement runs, so the
 database is untouched rather than rolled back; hashing runs at ~1 GB/s, a few per cent of a restore's time), a
