@@ -9,6 +9,7 @@ from psycopg2 import sql
 
 from ..tablekey import table_key
 from .catalog import ALEMBIC_TABLE, Catalog, ForeignKey, Table
+from .snapshot import lock_tables
 
 _ENABLE = {"O": "ENABLE TRIGGER", "A": "ENABLE ALWAYS TRIGGER", "R": "ENABLE REPLICA TRIGGER"}
 
@@ -233,11 +234,7 @@ def enable_triggers(cur, changed: list[tuple[Table, str, str]]) -> None:
 def lock_for_emptying(cur, tables: list[Table]) -> None:
     """The lock TRUNCATE takes, for every table empty_tables empties without an extension's filter: rows counted
     under it are the rows the restore removes, and a DELETE under it removes what TRUNCATE would."""
-    plain = [t for t in tables if not t.filter]
-    for start in range(0, len(plain), 500):
-        chunk = plain[start:start + 500]
-        cur.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
-            sql.SQL(", ").join(sql.SQL("ONLY {}").format(t.ident) for t in chunk)))
+    lock_tables(cur, [t for t in tables if not t.filter], "ACCESS EXCLUSIVE")
 
 
 # A table of at most this many heap pages is emptied by DELETE, not TRUNCATE. TRUNCATE gives a table (and each

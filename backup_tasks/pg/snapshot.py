@@ -52,17 +52,17 @@ def export_snapshot(cur) -> str:
     return cur.fetchone()[0]
 
 
-def lock_tables(cur, tables: list[Table]) -> None:
-    """ACCESS SHARE on every table, so none is dropped or truncated under the backup."""
-    lock_relations(cur, [t.ident.as_string(cur) for t in tables])
+def lock_tables(cur, tables: list[Table], mode: str = "ACCESS SHARE") -> None:
+    """`mode` on every table (ACCESS SHARE: none is dropped or truncated under the backup)."""
+    lock_relations(cur, [t.ident.as_string(cur) for t in tables], mode)
 
 
-def lock_relations(cur, relations: list[str], *, nowait: bool = False) -> None:
-    """ACCESS SHARE on tables given by quoted name, 500 a statement. nowait: fail at once (lock not available)
-    rather than queue behind a waiting request (join_snapshot)."""
-    mode = " IN ACCESS SHARE MODE NOWAIT" if nowait else " IN ACCESS SHARE MODE"
+def lock_relations(cur, relations: list[str], mode: str = "ACCESS SHARE", *, nowait: bool = False) -> None:
+    """`mode` on tables given by quoted name (ONLY each: not its partitions or children), 500 a statement.
+    nowait: fail at once (lock not available) rather than queue behind a waiting request (join_snapshot)."""
+    suffix = f" IN {mode} MODE" + (" NOWAIT" if nowait else "")
     for start in range(0, len(relations), 500):
-        cur.execute("LOCK TABLE " + ", ".join("ONLY " + r for r in relations[start:start + 500]) + mode)
+        cur.execute("LOCK TABLE " + ", ".join("ONLY " + r for r in relations[start:start + 500]) + suffix)
 
 
 BOOL_OID = 16
