@@ -2,7 +2,7 @@
 for the others and wherever a DELETE would not remove exactly what TRUNCATE does (pg/restore_ops.empty_tables).
 
 Each case is judged by the oracle (tests/oracle.py) against the database as it was backed up, with the shipped
-defaults (DELETE_MAX_PAGES as it ships). The guard cases fail, by the oracle or by the restore's own error, if the
+defaults (DELETE_MAX_BYTES as it ships). The guard cases fail, by the oracle or by the restore's own error, if the
 DELETE path is taken where it must not be: a DO INSTEAD rule, row-level security that hides rows from the restoring
 role, a publication of deletes, and a transaction snapshot older than the lock (a REPEATABLE READ default)."""
 
@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 
 from backup_tasks.core import create_backup, restore_backup
-from backup_tasks.pg.restore_ops import DELETE_MAX_PAGES
+from backup_tasks.pg.restore_ops import DELETE_MAX_BYTES
 from tests.conftest import db_url, query, run_sql
 from tests.oracle import assert_same, snapshot
 
@@ -26,6 +26,7 @@ CREATE TABLE big (id int PRIMARY KEY, pad text NOT NULL);
 CREATE TABLE child (id int PRIMARY KEY, small_id int REFERENCES small ON DELETE CASCADE);
 CREATE TABLE audit (at timestamptz DEFAULT now(), what text);
 CREATE TABLE tags (id int PRIMARY KEY, label text);  -- no trigger, no key: nothing else locks it before the emptying
+CREATE TABLE blobs (id int PRIMARY KEY, body text);  -- one heap page, 3 MB of TOAST
 CREATE FUNCTION audit_delete() RETURNS trigger LANGUAGE plpgsql AS
     $$ BEGIN INSERT INTO audit (what) VALUES ('deleted ' || OLD.id); RETURN OLD; END $$;
 CREATE TRIGGER small_audit AFTER DELETE ON small FOR EACH ROW EXECUTE FUNCTION audit_delete();
@@ -33,13 +34,17 @@ INSERT INTO small SELECT i, 'name ' || i FROM generate_series(1, 100) i;
 INSERT INTO big SELECT i, repeat('x', 200) FROM generate_series(1, 5000) i;
 INSERT INTO child SELECT i, i FROM generate_series(1, 50) i;
 INSERT INTO tags SELECT i, 'tag ' || i FROM generate_series(1, 20) i;
+INSERT INTO blobs SELECT i, (SELECT string_agg(md5(i::text || g::text), '') FROM generate_series(1, 32768) g)
+    FROM generate_series(1, 3) i;
 """
 
 CHANGES = "UPDATE small SET name = 'changed'; DELETE FROM child WHERE id > 40; INSERT INTO big VALUES (0, 'new');"
 
 
-def _pages(url: str, table: str) -> int:
-    return query(url, f"SELECT pg_relation_size('{table}') / current_setting('block_size')::int")[0][0]
+def _bytes(url: str, table: str) -> int:
+    """Heap and TOAST on disk, as the catalog's data_bytes counts them."""
+    return query(url, f"SELECT pg_relation_size('{table}') + coalesce(pg_total_relation_size(nullif("
+                      f"(SELECT reltoastrelid FROM pg_class WHERE oid = '{table}'::regclass), 0)), 0)")[0][0]
 
 
 def _filenode(url: str, table: str) -> int:
@@ -50,7 +55,8 @@ def _filenode(url: str, table: str) -> int:
 def db(make_db, backup_dir):
     _, url = make_db()
     run_sql(url, SCHEMA)
-    assert _pages(url, "small") <= DELETE_MAX_PAGES < _pages(url, "big")
+    assert _bytes(url, "small") <= DELETE_MAX_BYTES < _bytes(url, "big")
+    assert _bytes(url, "blobs") > DELETE_MAX_BYTES
     before = snapshot(url)
     path = Path(create_backup(backup_dir, database_url=url))
     return url, path, before
@@ -59,11 +65,11 @@ def db(make_db, backup_dir):
 def test_small_tables_are_emptied_by_delete_and_restored_exactly(db):
     url, path, before = db
     run_sql(url, CHANGES)
-    small, big = _filenode(url, "small"), _filenode(url, "big")
+    small, big, blobs = _filenode(url, "small"), _filenode(url, "big"), _filenode(url, "blobs")
     result = restore_backup(path, database_url=url)
     assert_same(before, snapshot(url))
-    # The small tables kept their files (DELETE), the big one got new ones (TRUNCATE).
-    assert _filenode(url, "small") == small and _filenode(url, "big") != big
+    # The small tables kept their files (DELETE), the big ones got new ones (TRUNCATE): by heap and by TOAST.
+    assert _filenode(url, "small") == small and _filenode(url, "big") != big and _filenode(url, "blobs") != blobs
     # Neither the disabled user trigger nor the dropped ON DELETE CASCADE key acted on the DELETE.
     assert query(url, "SELECT count(*) FROM audit")[0][0] == 0
     assert query(url, "SELECT tgenabled FROM pg_trigger WHERE tgname = 'small_audit'")[0][0] == "O"

@@ -237,11 +237,13 @@ def lock_for_emptying(cur, tables: list[Table]) -> None:
     lock_tables(cur, [t for t in tables if not t.filter], "ACCESS EXCLUSIVE")
 
 
-# A table of at most this many heap pages is emptied by DELETE, not TRUNCATE. TRUNCATE gives a table (and each
-# of its indexes and its TOAST table) new files, and the commit removes and syncs the old ones: on 1,000 tables
-# of 200 rows, TRUNCATE and its commit took 1.3-5 s (growing as pg_class bloated), the same DELETEs 0.3-0.4 s.
-# DELETE costs per row instead, and leaves the old rows for autovacuum: only worth it, and harmless, on a few pages.
-DELETE_MAX_PAGES = 8
+# A table of at most this many bytes on disk, heap and TOAST (Table.data_bytes), is emptied by DELETE, not
+# TRUNCATE. TRUNCATE gives a table (and each of its indexes and its TOAST table) new files, and the commit removes
+# and syncs the old ones: on 1,000 tables of 200 rows, TRUNCATE and its commit took 1.3-5 s (growing as pg_class
+# bloated), the same DELETEs 0.3-0.4 s. DELETE costs per row and per TOAST chunk instead, and leaves them for
+# autovacuum: only worth it, and harmless, on a few pages. TOAST counts: a heap page can hold the pointers to
+# rows of several MB each, whose DELETE would mark thousands of chunks dead.
+DELETE_MAX_BYTES = 8 * 8192
 
 
 def empty_tables(cur, tables: list[Table]) -> None:
@@ -249,7 +251,7 @@ def empty_tables(cur, tables: list[Table]) -> None:
     empties them the same way (_deletable); an extension's configuration table loses only the rows its filter
     selects (the others are the extension's own, which CREATE EXTENSION made and the backup left out)."""
     plain = [t for t in tables if not t.filter]
-    small = [t for t in plain if t.heap_pages <= DELETE_MAX_PAGES]
+    small = [t for t in plain if t.data_bytes <= DELETE_MAX_BYTES]
     lock_for_emptying(cur, small)
     deleted = _deletable(cur, small)
     truncated = [t for t in plain if t.oid not in deleted]
