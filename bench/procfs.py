@@ -35,6 +35,16 @@ def rss_kb(pid: int) -> int:
     return int(text.split()[1]) * PAGE_KB if text else 0
 
 
+def pss_kb(pid: int) -> int:
+    """Proportional set size of one process (each shared page divided among the processes mapping it), from
+    /proc/<pid>/smaps_rollup; 0 if gone. Costlier than rss_kb (the kernel walks the page tables): sampled less."""
+    text = _read(f"/proc/{pid}/smaps_rollup")
+    for line in (text or "").splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
 def children(pid: int) -> list[int]:
     """Direct children of pid (every thread's list: a child belongs to the thread that forked it)."""
     found: list[int] = []

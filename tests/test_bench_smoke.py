@@ -57,6 +57,9 @@ def test_every_operation_ran_or_is_not_available(quick_run):
             assert all(r["wall_s"] > 0 and r["client_peak_rss_mb"] > 0 for r in runs), (ds["label"], key)
             queued = next(op.queued for op in OPERATIONS if op.key == key)
             assert all(("worker" in r) == queued for r in runs), (ds["label"], key)
+            # PSS splits shared pages: never above the RSS of the same tree, and never nothing for a queued job.
+            assert all(0 < r["worker"]["peak_process_pss_mb"] <= r["worker"]["peak_process_rss_mb"]
+                       for r in runs if queued), (ds["label"], key)
 
 
 def test_every_restore_was_checked_by_the_oracle_and_equal(quick_run):

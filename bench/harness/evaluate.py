@@ -29,6 +29,7 @@ def summarise(runs: list[dict]) -> dict:
         "output_bytes": _median([r.get("output_bytes") for r in ok]),
         "rss_mb": max((r["client_peak_rss_mb"] for r in ok), default=None),
         "worker_rss_mb": max((w["peak_process_rss_mb"] for w in worker), default=None),
+        "worker_pss_mb": max((w.get("peak_process_pss_mb") or 0 for w in worker), default=None),
         "worker_pool_rss_mb": max((w["peak_pool_rss_mb"] for w in worker), default=None),
         "cpu_client_s": _median([r["client_cpu_s"] for r in ok]),
         "cpu_worker_s": _median([w["cpu_s"] for w in worker]),

@@ -4,7 +4,11 @@
 - peak RSS: max over the run of the summed RSS of the process and all its descendants, sampled every 10 ms
   (not getrusage's ru_maxrss: Linux folds the spawning parent's RSS at fork time into a child's maxrss, so it
   would count the harness; not one process's VmHWM: the diff and pg_dump -j work in child processes);
-- for a queued job, also each worker pool process's peak (with its own children): the job runs there;
+- for a queued job, also each worker pool process's peak (with its own children): the job runs there; as RSS
+  (the target's measure) and as PSS, sampled every PSS_EVERY-th time: RSS counts a page shared by two processes
+  in both (the libraries the diff's row reader maps as its pool process does, the pool process's pages still
+  shared with the worker's main process since the fork), PSS splits it, which is closer to what a container's
+  memory limit charges;
 - CPU seconds: of the client tree (wait4's rusage, reaped descendants included), of the worker (utime + stime
   of its processes, before and after), and of the PostgreSQL backends serving the watched databases (found
   among the postmaster's children by the database name in their process title; sampled, since a backend exits
@@ -31,6 +35,7 @@ from procfs import (
     cmdline,
     cpu_ticks,
     process_tree,
+    pss_kb,
     rss_kb,
     tree_rss_kb,
 )
@@ -38,6 +43,7 @@ from procfs import (
 from .quiet import busy_cores_between, cpu_jiffies
 
 PERIOD_S = 0.01
+PSS_EVERY = 5  # samples: a pool tree's PSS every 50 ms (smaps_rollup walks page tables; RSS is one read)
 
 
 @dataclass
@@ -61,6 +67,8 @@ class Sampler:
     watch: Watch
     client_peak_kb: int = 0
     pool_peak_kb: dict = field(default_factory=dict)   # pool pid -> peak of its tree
+    pool_peak_pss_kb: dict = field(default_factory=dict)  # pool pid -> peak PSS of its tree
+    samples: int = 0
     pool_total_peak_kb: int = 0
     pool_idle_kb: int = 0                              # largest pool process before the command: imports only
     backend_first: dict = field(default_factory=dict)  # backend pid -> ticks when first seen (0 if born later)
@@ -94,11 +102,16 @@ class Sampler:
         self.client_peak_kb = max(self.client_peak_kb, sum(rss_kb(p) for p in process_tree(self.root)))
         if self.watch.worker_pid:
             total = 0
+            with_pss = self.samples % PSS_EVERY == 0
             for child in children(self.watch.worker_pid):
                 kb = tree_rss_kb(child)
                 total += kb
                 self.pool_peak_kb[child] = max(self.pool_peak_kb.get(child, 0), kb)
+                if with_pss:
+                    pss = sum(pss_kb(p) for p in process_tree(child))
+                    self.pool_peak_pss_kb[child] = max(self.pool_peak_pss_kb.get(child, 0), pss)
             self.pool_total_peak_kb = max(self.pool_total_peak_kb, total)
+            self.samples += 1
         for pid in self._backends():
             ticks = cpu_ticks(pid, with_children=False)
             if ticks is not None:
@@ -198,6 +211,7 @@ def _result(cmd, proc, status, usage, wall, sampler, watch, wticks0, jiffies0, o
         r["worker"] = {
             "cpu_s": round(((wticks1 or 0) - (wticks0 or 0)) / CLK_TCK, 3),
             "peak_process_rss_mb": round(max(sampler.pool_peak_kb.values(), default=0) / 1024, 1),
+            "peak_process_pss_mb": round(max(sampler.pool_peak_pss_kb.values(), default=0) / 1024, 1),
             "peak_pool_rss_mb": round(sampler.pool_total_peak_kb / 1024, 1),
             "idle_process_rss_mb": round(sampler.pool_idle_kb / 1024, 1),
             "processes": len(sampler.pool_peak_kb),

@@ -11,7 +11,7 @@ from .targets import TARGETS, describe, row_reference
 
 MiB = 2**20
 SKEWED_SHARE = 0.6  # issue 15: the skewed dataset's largest table holds at least this share of the data
-HEAD = ["operation", "median s", "x ref", "out MB", "x size", "rss MB", "worker MB", "cpu s ours/pg",
+HEAD = ["operation", "median s", "x ref", "out MB", "x size", "rss MB", "worker MB rss/pss", "cpu s ours/pg",
         "targets", "met?"]
 
 
@@ -56,8 +56,15 @@ def _row(res: dict, op, s: dict, verdicts: list[dict]) -> list[str]:
     size = x["output_bytes"] / ref["output_bytes"] if ref and x["output_bytes"] and ref.get("output_bytes") else None
     cpu = f"{(x['cpu_client_s'] or 0) + (x['cpu_worker_s'] or 0):.1f}/{_f(x['cpu_server_s'], '.1f') or '-'}"
     return [label, _f(x["time_s"]), _f(ratio), _mb(x["output_bytes"]), _f(size),
-            _f(x["rss_mb"], ".0f"), _f(x["worker_rss_mb"], ".0f"), cpu,
+            _f(x["rss_mb"], ".0f"), _worker_mb(x), cpu,
             wanted or ("(reference)" if op.side == "reference" else ""), _met(mine)]
+
+
+def _worker_mb(x: dict) -> str:
+    """The worker's peak RSS (the targets' measure), and its PSS (shared pages split) after a slash."""
+    if x["worker_rss_mb"] is None:
+        return ""
+    return _f(x["worker_rss_mb"], ".0f") + (f"/{x['worker_pss_mb']:.0f}" if x.get("worker_pss_mb") else "")
 
 
 def _met(verdicts: list[dict]) -> str:
