@@ -4,7 +4,8 @@ for the others and wherever a DELETE would not remove exactly what TRUNCATE does
 Each case is judged by the oracle (tests/oracle.py) against the database as it was backed up, with the shipped
 defaults (DELETE_MAX_BYTES as it ships). The guard cases fail, by the oracle or by the restore's own error, if the
 DELETE path is taken where it must not be: a DO INSTEAD rule, row-level security that hides rows from the restoring
-role, a publication of deletes, and a transaction snapshot older than the lock (a REPEATABLE READ default)."""
+role, a publication of deletes, a transaction snapshot older than the lock (a REPEATABLE READ default), and a role
+that may TRUNCATE the table but not DELETE from it."""
 
 from __future__ import annotations
 
@@ -128,4 +129,18 @@ def test_a_row_committed_while_the_restore_waits_for_its_lock_is_removed(db, iso
     finally:
         writer.close()
     assert query(url, "SELECT count(*) FROM tags WHERE id = 1000")[0][0] == 0
+    assert_same(before, snapshot(url))
+
+
+def test_a_role_that_may_truncate_but_not_delete_restores_by_truncate(owner_role, make_db, backup_dir):
+    """The restoring role was granted TRUNCATE and INSERT on its table, not DELETE: it restored before the DELETE
+    path existed, and still must (by TRUNCATE)."""
+    name, url = make_db()
+    run_sql(url, "CREATE TABLE tags (id int PRIMARY KEY, label text);"
+                 "INSERT INTO tags SELECT i, 'tag ' || i FROM generate_series(1, 20) i;"
+                 f'GRANT SELECT, INSERT, TRUNCATE ON tags TO "{owner_role}"')
+    before = snapshot(url)
+    path = Path(create_backup(backup_dir, database_url=url))
+    run_sql(url, "UPDATE tags SET label = 'changed' WHERE id < 5")
+    restore_backup(path, database_url=db_url(name, owner_role))
     assert_same(before, snapshot(url))

@@ -267,11 +267,13 @@ def _deletable(cur, tables: list[Table]) -> set[int]:
     a DELETE, not a TRUNCATE), no row-level security (a policy hides rows from a DELETE), no publication of
     deletes (a table without a replica identity refuses them), and a READ COMMITTED transaction (the DELETE's
     snapshot is then taken after the lock was granted and sees every committed row; an older transaction snapshot
-    under a REPEATABLE READ default would miss rows committed before the lock)."""
+    under a REPEATABLE READ default would miss rows committed before the lock); and this role may DELETE from it
+    (a role granted TRUNCATE and not DELETE restored before)."""
     if not tables:
         return set()
     cur.execute("SELECT c.oid FROM pg_class c WHERE c.oid = ANY(%s::oid[]) AND NOT c.relhasrules "
-                "AND NOT c.relrowsecurity AND NOT EXISTS (SELECT FROM pg_publication WHERE pubdelete) "
+                "AND NOT c.relrowsecurity AND has_table_privilege(c.oid, 'DELETE') "
+                "AND NOT EXISTS (SELECT FROM pg_publication WHERE pubdelete) "
                 "AND current_setting('transaction_isolation') = 'read committed'", ([t.oid for t in tables],))
     return {oid for (oid,) in cur.fetchall()}
 
