@@ -60,9 +60,8 @@ def restore_backup(backup_path: Path, show_diff: bool = True, *, database_url: s
         if tables:
             tx.refuse_broken_references(plan.targets)
         views = tx.materialized_views(plan.targets) if options.refresh_views else []
-        counted = tx.current_counts(plan.targets) if show_diff else None
-        tx.prepare(plan.targets, migration_version=source.contents.metadata.migration_version,
-                   set_migration=not tables, large_objects=with_objects)
+        counted = tx.prepare(plan.targets, migration_version=source.contents.metadata.migration_version,
+                             set_migration=not tables, large_objects=with_objects, count=show_diff)
         loaded = _load(tx, source, plan, options, progress, with_objects)
         finished = tx.finish(sequences, plan.targets, views, progress or no_progress,
                              expected_large_objects=source.contents.large_objects if with_objects else None,

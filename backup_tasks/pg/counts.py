@@ -22,17 +22,16 @@ def count_rows(cur, tables: list[Table]) -> dict[str, int]:
     """count(*) of every table, FROM ONLY it (an extension configuration table's through its filter), by key."""
     big = [t for t in tables if t.heap_pages >= PARALLEL_SCAN_PAGES]
     small = [t for t in tables if t.heap_pages < PARALLEL_SCAN_PAGES]
-    counts = _count(cur, big, sql.SQL(""))
-    for start in range(0, len(small), COUNTS_PER_QUERY):
-        counts.update(_count(cur, small[start:start + COUNTS_PER_QUERY], _NO_PARALLEL))
+    counts: dict[str, int] = {}
+    for group, prefix in ((big, sql.SQL("")), (small, _NO_PARALLEL)):
+        for start in range(0, len(group), COUNTS_PER_QUERY):
+            counts.update(_count(cur, group[start:start + COUNTS_PER_QUERY], prefix))
     if small:
         cur.execute("RESET max_parallel_workers_per_gather")
     return counts
 
 
 def _count(cur, tables: list[Table], prefix: sql.Composable) -> dict[str, int]:
-    if not tables:
-        return {}
     cur.execute(prefix + sql.SQL(" UNION ALL ").join(
         sql.SQL("SELECT {}::int, count(*) FROM ONLY {} {}").format(sql.Literal(i), t.ident, sql.SQL(t.filter or ""))
         for i, t in enumerate(tables)))

@@ -232,8 +232,9 @@ def enable_triggers(cur, changed: list[tuple[Table, str, str]]) -> None:
 
 
 def lock_for_emptying(cur, tables: list[Table]) -> None:
-    """The lock TRUNCATE takes, for every table empty_tables empties without an extension's filter: rows counted
-    under it are the rows the restore removes, and a DELETE under it removes what TRUNCATE would."""
+    """The lock TRUNCATE takes, for every table empty_tables empties without an extension's filter, taken before
+    anything else is changed: rows counted under it are the rows the restore removes, and a DELETE under it
+    removes what TRUNCATE would."""
     lock_tables(cur, [t for t in tables if not t.filter], "ACCESS EXCLUSIVE")
 
 
@@ -247,12 +248,12 @@ DELETE_MAX_BYTES = 8 * 8192
 
 
 def empty_tables(cur, tables: list[Table]) -> None:
-    """Empty the tables: TRUNCATE (a few hundred per statement), or DELETE for tables of a few pages where that
-    empties them the same way (_deletable); an extension's configuration table loses only the rows its filter
-    selects (the others are the extension's own, which CREATE EXTENSION made and the backup left out)."""
+    """Empty the tables, which the caller locked (lock_for_emptying): TRUNCATE (a few hundred per statement), or
+    DELETE for tables of a few pages where that empties them the same way (_deletable); an extension's
+    configuration table loses only the rows its filter selects (the others are the extension's own, which CREATE
+    EXTENSION made and the backup left out)."""
     plain = [t for t in tables if not t.filter]
     small = [t for t in plain if t.data_bytes <= DELETE_MAX_BYTES]
-    lock_for_emptying(cur, small)
     deleted = _deletable(cur, small)
     truncated = [t for t in plain if t.oid not in deleted]
     for start in range(0, len(truncated), 500):

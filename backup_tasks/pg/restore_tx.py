@@ -105,22 +105,21 @@ class RestoreTransaction:
         with self.statements("reading the materialized views"):
             return ops.dependent_materialized_views(self.cur, targets, self.ancestors)
 
-    def current_counts(self, targets: list[Table]) -> tuple[dict[str, int], int]:
-        """The rows of each target and the large objects the restore is about to replace, counted under the lock
-        the emptying takes (so exactly those), on this connection: a restore's counts preface costs no second
-        session, catalog read or snapshot."""
-        with self.statements("counting the rows it replaces"):
-            ops.lock_for_emptying(self.cur, targets)
-            return count_rows(self.cur, targets), lo.count_large_objects(self.cur)
-
     # --- the phases -----------------------------------------------------------------------------------
     def prepare(self, targets: list[Table], *, migration_version: Any = None, set_migration: bool = False,
-                large_objects: bool = False) -> None:
-        """Triggers off, keys that touch the targets dropped, the targets emptied, alembic_version set (a full
-        restore), the database's large objects removed (when the restore replaces them)."""
+                large_objects: bool = False, count: bool = False) -> tuple[dict[str, int], int] | None:
+        """The targets locked as TRUNCATE locks them, triggers off, keys that touch the targets dropped, the
+        targets emptied, alembic_version set (a full restore), the database's large objects removed (when the
+        restore replaces them). count: first count, under that lock, the rows of each target and the large
+        objects this replaces, returned (a restore's counts preface: no second session, catalog read or
+        snapshot)."""
         cur, p = self.cur, self.prepared
         fks: list[ForeignKey] = ops.relevant_foreign_keys(self.catalog, targets, self.ancestors)[0]
+        counted = None
         with self.statements("preparing the tables"):
+            ops.lock_for_emptying(cur, targets)
+            if count:
+                counted = count_rows(cur, targets), lo.count_large_objects(cur)
             p.triggers = ops.disable_user_triggers(cur, self.catalog, targets)
             p.foreign_keys = ops.drop_foreign_keys(cur, fks)
             p.checks = ops.drop_unvalidated_checks(cur, targets)
@@ -131,6 +130,7 @@ class RestoreTransaction:
                 p.large_objects = True
                 p.large_objects_removed = lo.unlink_all(cur)
                 self.large_objects_copy = lo.create_staging(cur)
+        return counted
 
     def load(self, tables: Iterable[tuple[TableLoad, Iterator[tuple[bytes, Any]]]],
              on_chunk: Callable[[Any], None] | None, on_table: Callable[[TableLoad], None] | None) -> None:
