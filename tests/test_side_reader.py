@@ -92,9 +92,11 @@ def test_a_waiting_lock_leaves_the_backup_to_one_session(make_db):
         wait_for(lambda: query(url, waiting)[0][0] == 1, 30, what="the waiter")
         with side_reader(url, conn, tables, [is_small(t, BUDGET) for t in tables]) as side:
             assert side is None, "the second session took its locks although a lock request waits"
-        assert query(url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
-                          "'backup_tasks_reader' AND datname = current_database()")[0][0] == 0, \
-            "the refused session was left open"
+        # A closed connection's backend leaves pg_stat_activity a moment after the client closed it (seen once
+        # on a loaded machine): closed means gone within seconds, a session left open stays.
+        wait_for(lambda: query(url, "SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                                    "'backup_tasks_reader' AND datname = current_database()")[0][0] == 0,
+                 10, what="the refused session to be closed")
         rows = _read_all(conn, tables, url)  # the backup's own session already holds every lock: it never waits
         assert len(rows) == TABLES and all(len(r) == 5 for r in rows.values())
     finally:
