@@ -69,6 +69,13 @@ def reset_peak_rss() -> bool:
         return False
 
 
+def resident_kb() -> int:
+    """This process's resident set now, in kB (0 where /proc is not there)."""
+    import os
+
+    return _statm_rss_pages(os.getpid()) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
 def peak_rss_bytes() -> int | None:
     """This process's peak resident set size (VmHWM) since it started or since reset_peak_rss()."""
     try:
