@@ -178,7 +178,8 @@ def _recycle_by_memory_held(**_: object) -> None:
     billiard checks ru_maxrss there, the process's peak since it started. A pool process starts at ~65 MB (the
     pages of the parent it was forked from count) and an ordinary job peaks at 85-95 MB, so with the limit at
     80 MB every job replaced its process: measured, 6 backups in a row each ran in a new process, and 2 of the
-    6 queued commands waited 3.4-4.8 s between the worker receiving their job and a process starting it. The
+    6 queued commands waited 3.4-4.8 s between the worker receiving their job and a process starting it (a known
+    race, celery#9588: a job handed to the process that is leaving waits for the pool's timer to replace it). The
     task returns freed memory after each job (JobTask.after_return), so what the process holds then is what the
     next job inherits: that is compared instead (measured: ~80 MB after a backup, ~86 after a diff, ~97 after a
     restore). A billiard without `mem_rss` keeps its own check."""

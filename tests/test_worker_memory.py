@@ -7,7 +7,7 @@ CELERY_WORKER_MAX_MEMORY_PER_CHILD_MB (90) is replaced by a fresh one (~65 MB) b
 
 Holding, not peak: Celery compared the process's peak (ru_maxrss), which every ordinary job takes above the
 limit, so every job replaced its process, and a queued command sometimes waited seconds for the new one
-(celery_app._recycle_by_memory_held). Backups in a row now run in one process.
+(celery#9588; celery_app._recycle_by_memory_held). Backups in a row now run in one process.
 """
 
 from __future__ import annotations
