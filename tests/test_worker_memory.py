@@ -90,14 +90,18 @@ def _ready_for_the_next_job(pgid: int, limit_mb: float) -> tuple[int, float]:
     return last[0]
 
 
-def _after_each_job(celery_env, tmp_path, limit_mb: float, env: dict[str, str]) -> list[tuple[int, float]]:
-    """(pid, MB) of the pool process each next job would run in: at start, then after a backup, a diff, a restore
-    and another backup, each waited for to hold no more than `limit_mb` (a replaced one is being started)."""
-    run_sql(celery_env.db_url, """
+def _make_table(url: str) -> None:
+    run_sql(url, """
         CREATE TABLE t (id int PRIMARY KEY, a text, b numeric, c timestamptz, d jsonb);
         INSERT INTO t SELECT i, md5(i::text) || repeat('x', i % 50), i * 1.5, now() - i * interval '1 min',
                              jsonb_build_object('k', i, 'v', md5(i::text)) FROM generate_series(1, 600000) i;
     """)
+
+
+def _after_each_job(celery_env, tmp_path, limit_mb: float, env: dict[str, str]) -> list[tuple[int, float]]:
+    """(pid, MB) of the pool process each next job would run in: at start, then after a backup, a diff, a restore
+    and another backup, each waited for to hold no more than `limit_mb` (a replaced one is being started)."""
+    _make_table(celery_env.db_url)
     worker = Worker({**celery_env.env, **env}, tmp_path / "worker.log", concurrency=1).wait_ready()
     pgid = worker.proc.pid
     try:
@@ -127,28 +131,46 @@ def test_a_pool_process_holding_more_than_the_limit_is_replaced(celery_env, tmp_
     assert len({pid for pid, _ in seen}) > 1, f"no pool process was ever replaced: {seen}"
 
 
+def _settled(pgid: int) -> tuple[int, float]:
+    """(pid, MB) of the pool process once its RSS stops moving: the job's result reaches the client before the
+    task returns its freed memory (JobTask.after_return)."""
+    last: list[tuple[int, float]] = [(0, -1.0)]
+
+    def still() -> bool:
+        now = _pool_process(pgid)
+        before, last[0] = last[0], now
+        return now[0] == before[0] and abs(now[1] - before[1]) < 0.2
+
+    wait_for(still, 15, interval=0.5, what="the pool process's RSS to settle")
+    return last[0]
+
+
 def test_backups_in_a_row_run_in_the_same_pool_process(celery_env, tmp_path):
     """A backup takes its process's peak above the limit but leaves it holding less: the next backup runs in the
-    same process. At 80 MB (the limit that showed it) Celery's own check, of the peak, replaced the process after
-    every backup of this table; the test checks that the peak did pass the limit, so it shows the difference."""
-    run_sql(celery_env.db_url, """
-        CREATE TABLE t (id int PRIMARY KEY, a text, b numeric, c timestamptz, d jsonb);
-        INSERT INTO t SELECT i, md5(i::text) || repeat('x', i % 50), i * 1.5, now() - i * interval '1 min',
-                             jsonb_build_object('k', i, 'v', md5(i::text)) FROM generate_series(1, 600000) i;
-    """)
-    limit_mb = 80
+    same process. Celery's own check, of the peak, replaced the process after every backup (at the shipped
+    80 MB that showed it, with this table: peak ~80 MB, held after ~74). The limit is set between the peak and
+    what is held, as measured here first with no limit, so the test shows the difference on any machine."""
+    _make_table(celery_env.db_url)
+    probe = Worker({**celery_env.env, "CELERY_WORKER_MAX_MEMORY_PER_CHILD_MB": "0"}, tmp_path / "probe.log",
+                   concurrency=1).wait_ready()
+    try:
+        created = backupctl(celery_env, "create")
+        assert created.returncode == 0, created.stderr
+        pid, held = _settled(probe.proc.pid)
+        peak = _status_mb(pid, "VmHWM:") or 0
+    finally:
+        probe.stop()
+    assert peak - held >= 3, f"a backup of this table peaks at {peak:.1f} MB and holds {held:.1f} after"
+    limit_mb = round((peak + held) / 2)
     worker = Worker({**celery_env.env, "CELERY_WORKER_MAX_MEMORY_PER_CHILD_MB": str(limit_mb)},
                     tmp_path / "worker.log", concurrency=1).wait_ready()
     pgid = worker.proc.pid
     try:
-        seen, peaks = [_pool_process(pgid)], []
+        seen = [_pool_process(pgid)]
         for _ in range(3):
             created = backupctl(celery_env, "create")
             assert created.returncode == 0, created.stderr
-            seen.append(_pool_process(pgid))
-            peaks.append(_status_mb(seen[-1][0], "VmHWM:"))
+            seen.append(_ready_for_the_next_job(pgid, limit_mb))
     finally:
         worker.stop()
-    assert max(p or 0 for p in peaks) > limit_mb, f"no backup took its process above {limit_mb} MB: {peaks}"
-    assert len({pid for pid, _ in seen}) == 1, f"a pool process was replaced after an ordinary backup: {seen}"
-    assert all(rss <= limit_mb for _, rss in seen), seen
+    assert len({pid for pid, _ in seen}) == 1, f"replaced after a backup at a {limit_mb} MB limit: {seen}"
