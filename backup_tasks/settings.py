@@ -110,7 +110,7 @@ class Settings(Record):
     CELERY_RESULT_EXPIRES: int = 7 * 24 * 3600
     # A pool process that holds more than this after a job is replaced by a fresh one before the next (0: never);
     # a fresh process holds ~65 MB, so the next job's peak starts from there, not from what the last one left.
-    # Held, not peak (celery_app._recycle_by_memory_held): ~80 MB after a backup, so backups reuse their process.
+    # Held, not peak (celery_app._recycle_by_memory_held): ~80 MB after a backup of 3 M rows, so backups reuse it.
     CELERY_WORKER_MAX_MEMORY_PER_CHILD_MB: int = Field(90, ge=0)
 
     # Flower
